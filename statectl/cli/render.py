@@ -1,0 +1,127 @@
+"""Output formats. stdout carries only results; messages go to stderr."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from enum import StrEnum
+from typing import Any, TextIO
+
+
+class Output(StrEnum):
+    table = "table"
+    json = "json"
+    jsonl = "jsonl"
+    csv = "csv"
+    plain = "plain"
+
+
+def default_output(stream: TextIO) -> Output:
+    return Output.table if stream.isatty() else Output.plain
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def err(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def warn(message: str) -> None:
+    err(f"statectl: warning: {message}")
+
+
+def write_records(
+    records: Iterable[dict[str, Any]], columns: Sequence[str], fmt: Output, out: TextIO, title: str | None = None
+) -> int:
+    """Stream records in the chosen format with flat memory; return how many were written."""
+    count = 0
+
+    if fmt is Output.json:
+        out.write("[")
+        for count, record in enumerate(records, 1):
+            out.write(("\n" if count == 1 else ",\n") + dumps(record))
+        out.write("\n]\n" if count else "]\n")
+    elif fmt is Output.jsonl:
+        for count, record in enumerate(records, 1):  # noqa: B007 - count is the result
+            out.write(dumps(record) + "\n")
+    elif fmt is Output.csv:
+        writer = csv.DictWriter(out, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for count, record in enumerate(records, 1):  # noqa: B007 - count is the result
+            writer.writerow({k: _cell(record.get(k)) for k in columns})
+    elif fmt is Output.plain:
+        for count, record in enumerate(records, 1):  # noqa: B007 - count is the result
+            out.write("\t".join(_cell(record.get(k)) for k in columns) + "\n")
+    else:
+        count = _write_tables(records, columns, out, title)
+    out.flush()
+    return count
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        return dumps(value)
+    return str(value)
+
+
+def _chunks(records: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    chunk: list[dict[str, Any]] = []
+    for record in records:
+        chunk.append(record)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _write_tables(records: Iterable[dict[str, Any]], columns: Sequence[str], out: TextIO, title: str | None) -> int:
+    """Rich tables, one page at a time so that a million rows never sit in memory."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=out, soft_wrap=False)
+    count = 0
+    for page, chunk in enumerate(_chunks(records, 500)):
+        table = Table(title=title if page == 0 else None, show_header=page == 0, box=None, pad_edge=False)
+        for column in columns:
+            table.add_column(column, overflow="fold")
+        for record in chunk:
+            table.add_row(*(_cell(record.get(k)) for k in columns))
+        console.print(table)
+        count += len(chunk)
+    if count == 0:
+        console.print("(nothing)", style="dim")
+    return count
+
+
+def write_value(value: Any, fmt: Output, out: TextIO) -> None:
+    """A single decoded value: JSON for scripts, pretty for people."""
+    if fmt is Output.json or fmt is Output.jsonl:
+        out.write(json.dumps(value, ensure_ascii=False) + "\n")
+    elif fmt is Output.plain or fmt is Output.csv:
+        out.write((value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)) + "\n")
+    else:
+        from rich.console import Console
+        from rich.json import JSON
+
+        Console(file=out).print(JSON(json.dumps(value, ensure_ascii=False)))
+    out.flush()
+
+
+def write_document(document: dict[str, Any], fmt: Output, out: TextIO, title: str | None = None) -> None:
+    """A single result object (put, rm, config summaries)."""
+    if fmt in (Output.json, Output.jsonl):
+        out.write(dumps(document) + "\n")
+    elif fmt is Output.table:
+        write_records(({"field": k, "value": v} for k, v in document.items()), ["field", "value"], fmt, out, title)
+    else:
+        for k, v in document.items():
+            out.write(f"{k}\t{_cell(v)}\n")
+    out.flush()

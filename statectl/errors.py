@@ -1,0 +1,52 @@
+"""Errors the core raises, each carrying the exit code the CLI returns for it.
+
+The core never prints; the CLI turns a StatectlError into one line on stderr.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    FAILURE = 1  # unexpected error (a bug: rerun with --debug)
+    USAGE = 2  # bad arguments: scope flags, segments, key, value
+    NOT_FOUND = 3  # key, dag run, task instance or asset does not exist
+    CONFIG = 4  # configuration that neither statectl nor a worker can use
+    UNREACHABLE = 5  # metastore or bucket cannot be reached
+    DATA = 6  # stored data is wrong: missing or corrupt object, ref outside the base path
+    TOO_LARGE = 7  # value over [state_store] max_value_storage_bytes (use --force)
+    PARTIAL = 8  # a long operation finished but some items failed
+
+
+class StatectlError(Exception):
+    exit_code: ExitCode = ExitCode.FAILURE
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UsageError(StatectlError):
+    exit_code = ExitCode.USAGE
+
+
+class NotFoundError(StatectlError):
+    exit_code = ExitCode.NOT_FOUND
+
+
+class ConfigError(StatectlError):
+    exit_code = ExitCode.CONFIG
+
+
+class UnreachableError(StatectlError):
+    exit_code = ExitCode.UNREACHABLE
+
+
+class DataError(StatectlError):
+    exit_code = ExitCode.DATA
+
+
+class TooLargeError(StatectlError):
+    exit_code = ExitCode.TOO_LARGE

@@ -1,0 +1,159 @@
+"""The provider's object layout, as URL strings equal to ``str(ObjectStoragePath)``.
+
+Task value:  <base>/<q(dag_id)>/<q(run_id)>[/region=<id>]/<q(task_id)>/<map_index>/<q(key)><suffix>
+Asset value: <base>/assets/<q(name or uri or id)>/<q(key)><suffix>
+
+``q`` is ``urllib.parse.quote(segment, safe="")``. This module is pure string work so that
+simple commands need neither Airflow nor fsspec to compute a path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from statectl.errors import ConfigError, DataError
+from statectl.scopes import AssetScope, Scope, TaskScope, check_segment
+
+ASSETS_FOLDER = "assets"
+LOCAL_PROTOCOLS = frozenset({"file", "local"})
+
+
+def quote_segment(value: str, what: str = "segment") -> str:
+    return quote(check_segment(value, what), safe="")
+
+
+@dataclass(frozen=True)
+class ObjectURL:
+    """A URL split the way ObjectStoragePath splits it: ``protocol://[conn_id@]path``."""
+
+    protocol: str
+    conn_id: str | None
+    path: str  # the filesystem path: "bucket/key" for object stores, "/abs/path" for files
+
+    @classmethod
+    def parse(cls, url: str) -> ObjectURL:
+        protocol, sep, rest = url.partition("://")
+        if not sep or not protocol or "/" in protocol:
+            raise ValueError(f"not a URL with a scheme: {url!r}")
+        netloc, slash, tail = rest.partition("/")
+        userinfo, at, host = netloc.rpartition("@")
+        conn_id = (userinfo or None) if at else None
+        if not at:
+            host = netloc
+        if protocol.lower() in LOCAL_PROTOCOLS:
+            # file:///abs/path: the netloc is empty and the path is absolute.
+            path = f"{host}/{tail}" if host else f"/{tail}"
+        else:
+            path = f"{host}{slash}{tail}"
+        return cls(protocol.lower(), conn_id, path.rstrip("/") or "/")
+
+    def __str__(self) -> str:
+        if self.conn_id:
+            return f"{self.protocol}://{self.conn_id}@{self.path}"
+        if self.protocol in LOCAL_PROTOCOLS:
+            return f"{self.protocol}://{self.path}"
+        return f"{self.protocol}://{self.path}"
+
+    def child(self, *segments: str) -> ObjectURL:
+        return ObjectURL(self.protocol, self.conn_id, "/".join((self.path, *segments)))
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return tuple(p for p in self.path.split("/") if p)
+
+    @property
+    def is_local(self) -> bool:
+        return self.protocol in LOCAL_PROTOCOLS
+
+
+def parse_base_path(base: str) -> ObjectURL:
+    """The configured base path; the provider needs a scheme or its refs will not decode."""
+    if "://" not in base:
+        raise ConfigError(
+            f"[common.io] state_store_objectstorage_path {base!r} has no URL scheme; workers would "
+            "store refs they cannot read back. Use e.g. file:///data/state or s3://conn@bucket/state"
+        )
+    try:
+        return ObjectURL.parse(base)
+    except ValueError as e:
+        raise ConfigError(f"[common.io] state_store_objectstorage_path: {e}") from None
+
+
+def compression_suffix(compression: str | None) -> str:
+    """The suffix the provider appends: the fsspec extension registered for the codec."""
+    if not compression:
+        return ""
+    from fsspec.utils import compressions  # fsspec registers only codecs whose library imports
+
+    for suffix, name in compressions.items():
+        if name == compression:
+            return f".{suffix}"
+    if compression == "snappy":
+        reason = "fsspec registers snappy with no file extension, so the provider cannot use it"
+    elif compression in ("zstd", "lz4"):
+        library = "zstandard" if compression == "zstd" else "lz4"
+        reason = f"it needs the {library!r} library (on statectl's host and every worker)"
+    else:
+        reason = f"fsspec knows {', '.join(sorted(set(compressions.values())))}"
+    raise ConfigError(f"compression {compression!r} is not usable: {reason}")
+
+
+def task_prefix(base: ObjectURL, scope: TaskScope) -> ObjectURL:
+    segments = [quote_segment(scope.dag_id, "dag id"), quote_segment(scope.run_id, "run id")]
+    if scope.region_id:
+        segments.append(f"region={scope.region_id}")
+    segments.append(quote_segment(scope.task_id, "task id"))
+    return base.child(*segments)
+
+
+def asset_prefix(base: ObjectURL, scope: AssetScope) -> ObjectURL:
+    return base.child(ASSETS_FOLDER, quote_segment(scope.path_identifier, "asset"))
+
+
+def object_url(base: ObjectURL, scope: Scope, key: str, compression: str | None) -> ObjectURL:
+    name = quote_segment(key, "key") + compression_suffix(compression)
+    if isinstance(scope, TaskScope):
+        return task_prefix(base, scope).child(str(scope.map_index), name)
+    return asset_prefix(base, scope).child(name)
+
+
+def looks_like_provider_ref(ref: str, base: ObjectURL) -> bool:
+    """Mirror the provider's ``_is_storage_ref``: a scheme, and lexically under the base.
+
+    Like ``ObjectStoragePath.is_relative_to`` it ignores protocol and conn_id and does not
+    resolve ``..``; :func:`require_under_base` is the strict check used before any I/O.
+    """
+    try:
+        url = ObjectURL.parse(ref)
+    except ValueError:
+        return False
+    return url.parts[: len(base.parts)] == base.parts
+
+
+def is_under_base(url: ObjectURL, base: ObjectURL) -> bool:
+    """Strictly below the base: same store, same connection, no '.' or '..' escapes."""
+    if url.conn_id != base.conn_id:
+        return False
+    same_protocol = url.protocol == base.protocol or (url.is_local and base.is_local)
+    rest = url.parts[len(base.parts) :]
+    return (
+        same_protocol
+        and url.parts[: len(base.parts)] == base.parts
+        and len(rest) > 0
+        and not any(p in (".", "..") for p in rest)
+    )
+
+
+def require_under_base(ref: str, base: ObjectURL | None) -> ObjectURL:
+    if base is None:
+        raise DataError(
+            f"the row references {ref} but no [common.io] state_store_objectstorage_path is configured (use --path)"
+        )
+    try:
+        url = ObjectURL.parse(ref)
+    except ValueError:
+        raise DataError(f"the row references {ref!r}, which is not an object URL") from None
+    if not is_under_base(url, base):
+        raise DataError(f"the row references {ref}, outside the configured base path {base}")
+    return url

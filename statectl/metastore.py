@@ -1,0 +1,425 @@
+"""Access to Airflow's metadata database: the state store tables, dag runs and assets.
+
+Plain DB-API (sqlite3, psycopg2) rather than SQLAlchemy: importing SQLAlchemy and
+Airflow's models costs seconds, and these few statements mirror what Airflow's
+``MetastoreBackend`` executes. Every write that may race a worker is conditional on the
+value that was read.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+from statectl.config import mask_url
+from statectl.errors import ConfigError, NotFoundError, StatectlError, UnreachableError
+from statectl.scopes import AssetScope, Scope, TaskScope
+
+SQLITE_TIMESTAMP = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's storage format for DateTime on SQLite
+STREAM_BATCH = 2000
+
+
+@dataclass(frozen=True)
+class StateRow:
+    """One row of task_state_store or asset_state_store."""
+
+    scope: Scope
+    key: str
+    value: str
+    updated_at: datetime | None
+    expires_at: datetime | None = None
+    row_id: int | None = None  # task_state_store.id; asset rows are keyed by (asset_id, key)
+
+    @property
+    def kind(self) -> str:
+        return self.scope.kind
+
+
+@dataclass(frozen=True)
+class RowFilter:
+    dag_id: str | None = None
+    run_id: str | None = None
+    task_id: str | None = None
+    map_index: int | None = None
+    asset_name: str | None = None
+    asset_uri: str | None = None
+    tasks: bool = True
+    assets: bool = True
+    expired_before: datetime | None = None  # only task rows with expires_at < this
+
+    @property
+    def wants_tasks(self) -> bool:
+        return self.tasks and self.asset_name is None and self.asset_uri is None
+
+    @property
+    def wants_assets(self) -> bool:
+        has_task_filter = any(v is not None for v in (self.dag_id, self.run_id, self.task_id, self.map_index))
+        return self.assets and not has_task_filter and self.expired_before is None
+
+
+def utcnow() -> datetime:
+    return datetime.now(tz=UTC)
+
+
+def _parse_sqlite_url(url: str) -> str:
+    rest = url.split("://", 1)[1]
+    if not rest.startswith("/") or rest in ("/", "/:memory:"):
+        raise ConfigError("an in-memory SQLite metastore cannot be administered from another process")
+    path = rest[1:].split("?", 1)[0]
+    return unquote(path)
+
+
+class Metastore:
+    """A connection to the metadata DB, opened on first use."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.display_url = mask_url(url)
+        scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+        dialect = scheme.split("+", 1)[0]
+        if dialect == "sqlite":
+            self.dialect = "sqlite"
+        elif dialect in ("postgresql", "postgres"):
+            self.dialect = "postgresql"
+        elif dialect in ("mysql", "mariadb"):
+            raise ConfigError("MySQL metastores are not supported yet; statectl supports SQLite and PostgreSQL")
+        else:
+            raise ConfigError(f"[database] sql_alchemy_conn has an unknown scheme: {self.display_url!r}")
+        self._conn: Any = None
+
+    # -- connection -----------------------------------------------------------------
+    def _connect(self) -> Any:
+        if self.dialect == "sqlite":
+            import sqlite3
+
+            path = _parse_sqlite_url(self.url)
+            try:
+                # mode=rw: never create an empty database where the metastore should be.
+                conn = sqlite3.connect(f"file:{quote(path)}?mode=rw", uri=True, timeout=30)
+            except sqlite3.Error as e:
+                raise UnreachableError(f"cannot open the SQLite metastore {path}: {e}") from None
+            return conn
+        import psycopg2
+
+        parts = urlsplit(self.url)
+        kwargs: dict[str, Any] = dict(parse_qsl(parts.query))
+        if parts.hostname:
+            kwargs.setdefault("host", unquote(parts.hostname))
+        if parts.port:
+            kwargs["port"] = parts.port
+        if parts.username:
+            kwargs["user"] = unquote(parts.username)
+        if parts.password:
+            kwargs["password"] = unquote(parts.password)
+        kwargs["dbname"] = unquote(parts.path.lstrip("/")) or None
+        kwargs.setdefault("connect_timeout", 10)
+        try:
+            return psycopg2.connect(**{k: v for k, v in kwargs.items() if v is not None})
+        except psycopg2.Error as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UnreachableError(f"cannot connect to the metastore {self.display_url}: {reason}") from None
+
+    @property
+    def conn(self) -> Any:
+        if self._conn is None:
+            self._conn = self._connect()
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _sql(self, sql: str) -> str:
+        return sql if self.dialect == "sqlite" else sql.replace("%", "%%").replace("?", "%s")
+
+    def _ts(self, value: datetime | None) -> Any:
+        if value is None or self.dialect != "sqlite":
+            return value
+        return value.astimezone(UTC).strftime(SQLITE_TIMESTAMP)
+
+    @staticmethod
+    def _from_db_ts(value: Any) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Turn driver errors into one-line statectl errors."""
+        try:
+            yield
+        except StatectlError:
+            raise
+        except Exception as e:
+            module = type(e).__module__
+            if not (module.startswith("sqlite3") or module.startswith("psycopg2")):
+                raise
+            self._rollback()
+            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if re.search(
+                r"(no such table|does not exist).*(state_store|dag_run|asset|task_instance)", message
+            ) or re.search(r"relation \"(task_state_store|asset_state_store)\"", message):
+                raise ConfigError(
+                    f"the metastore {self.display_url} has no state store tables: it predates "
+                    "Airflow 3.3 or needs `airflow db migrate`"
+                ) from None
+            if "database is locked" in message or "could not connect" in message or "terminating connection" in message:
+                raise UnreachableError(f"metastore {self.display_url}: {message}") from None
+            raise UnreachableError(f"metastore error: {message}") from None
+
+    def _rollback(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.rollback()
+            except Exception:  # the connection may already be gone
+                self._conn = None
+
+    def _fetchone(self, sql: str, params: Sequence[Any]) -> Any:
+        with self._errors():
+            cur = self.conn.cursor()
+            cur.execute(self._sql(sql), tuple(params))
+            row = cur.fetchone()
+            cur.close()
+            return row
+
+    def _execute(self, sql: str, params: Sequence[Any]) -> int:
+        with self._errors():
+            cur = self.conn.cursor()
+            cur.execute(self._sql(sql), tuple(params))
+            count = cur.rowcount
+            cur.close()
+            return count
+
+    def commit(self) -> None:
+        with self._errors():
+            self.conn.commit()
+
+    def check_schema(self) -> None:
+        """Fail with a clear message when the state store tables are missing."""
+        self._fetchone("SELECT COUNT(*) FROM task_state_store WHERE 1 = 0", ())
+        self._fetchone("SELECT COUNT(*) FROM asset_state_store WHERE 1 = 0", ())
+
+    # -- scopes ---------------------------------------------------------------------
+    def dag_run_id(self, scope: TaskScope) -> int:
+        row = self._fetchone("SELECT id FROM dag_run WHERE dag_id = ? AND run_id = ?", (scope.dag_id, scope.run_id))
+        if row is None:
+            raise NotFoundError(f"no dag run {scope.run_id!r} of dag {scope.dag_id!r}")
+        return int(row[0])
+
+    def require_task_instance(self, scope: TaskScope) -> int:
+        """The dag_run.id for a task instance that exists (as the server requires for writes)."""
+        dag_run_id = self.dag_run_id(scope)
+        row = self._fetchone(
+            "SELECT 1 FROM task_instance WHERE dag_id = ? AND run_id = ? AND task_id = ? AND map_index = ?",
+            (scope.dag_id, scope.run_id, scope.task_id, scope.map_index),
+        )
+        if row is None:
+            where = f"task {scope.task_id!r}" + ("" if scope.map_index == -1 else f" map index {scope.map_index}")
+            raise NotFoundError(f"no task instance {where} in dag run {scope.run_id!r} of dag {scope.dag_id!r}")
+        return dag_run_id
+
+    def resolve_asset(self, scope: AssetScope) -> AssetScope:
+        """Find the active asset as the API server does (by name, or by uri)."""
+        if scope.asset_id is not None:
+            return scope
+        column, value = ("name", scope.name) if scope.name else ("uri", scope.uri)
+        row = self._fetchone(
+            f"SELECT a.id, a.name, a.uri FROM asset a JOIN asset_active aa "
+            f"ON aa.name = a.name AND aa.uri = a.uri WHERE a.{column} = ?",
+            (value,),
+        )
+        if row is None:
+            raise NotFoundError(f"no active asset with {column} {value!r}")
+        # Keep the addressing the user chose: the provider names the folder after it.
+        return AssetScope(name=scope.name, uri=scope.uri, asset_id=int(row[0]))
+
+    # -- rows -----------------------------------------------------------------------
+    _TASK_COLUMNS = 'id, dag_id, run_id, task_id, map_index, "key", value, updated_at, expires_at'
+
+    def _task_row(self, r: Sequence[Any]) -> StateRow:
+        return StateRow(
+            scope=TaskScope(r[1], r[2], r[3], int(r[4])),
+            key=r[5],
+            value=r[6],
+            updated_at=self._from_db_ts(r[7]),
+            expires_at=self._from_db_ts(r[8]),
+            row_id=int(r[0]),
+        )
+
+    def get_row(self, scope: Scope, key: str) -> StateRow | None:
+        if isinstance(scope, TaskScope):
+            r = self._fetchone(
+                f"SELECT {self._TASK_COLUMNS} FROM task_state_store WHERE dag_id = ? AND run_id = ? "
+                'AND task_id = ? AND map_index = ? AND "key" = ?',
+                (scope.dag_id, scope.run_id, scope.task_id, scope.map_index, key),
+            )
+            return None if r is None else self._task_row(r)
+        assert scope.asset_id is not None
+        r = self._fetchone(
+            'SELECT value, updated_at FROM asset_state_store WHERE asset_id = ? AND "key" = ?', (scope.asset_id, key)
+        )
+        return None if r is None else StateRow(scope, key, r[0], self._from_db_ts(r[1]))
+
+    def upsert(
+        self, scope: Scope, key: str, value: str, *, expires_at: datetime | None, dag_run_id: int | None = None
+    ) -> None:
+        """Insert or replace one value exactly as Airflow's MetastoreBackend does; commits."""
+        now = utcnow()
+        if isinstance(scope, TaskScope):
+            assert dag_run_id is not None
+            self._execute(
+                'INSERT INTO task_state_store (dag_run_id, task_id, map_index, "key", dag_id, run_id, value, '
+                "updated_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                'ON CONFLICT (dag_run_id, task_id, map_index, "key") DO UPDATE SET value = excluded.value, '
+                "updated_at = excluded.updated_at, expires_at = excluded.expires_at",
+                (
+                    dag_run_id,
+                    scope.task_id,
+                    scope.map_index,
+                    key,
+                    scope.dag_id,
+                    scope.run_id,
+                    value,
+                    self._ts(now),
+                    self._ts(expires_at),
+                ),
+            )
+        else:
+            # Writes through the public API record the writer kind 'api' with no task fields.
+            self._execute(
+                'INSERT INTO asset_state_store (asset_id, "key", value, updated_at, last_updated_by_kind, '
+                "last_updated_by_dag_id, last_updated_by_run_id, last_updated_by_task_id, "
+                "last_updated_by_map_index) VALUES (?, ?, ?, ?, 'api', NULL, NULL, NULL, NULL) "
+                'ON CONFLICT (asset_id, "key") DO UPDATE SET value = excluded.value, '
+                "updated_at = excluded.updated_at, last_updated_by_kind = 'api', "
+                "last_updated_by_dag_id = NULL, last_updated_by_run_id = NULL, "
+                "last_updated_by_task_id = NULL, last_updated_by_map_index = NULL",
+                (scope.asset_id, key, value, self._ts(now)),
+            )
+        self.commit()
+
+    def delete_if_unchanged(self, rows: Sequence[StateRow]) -> list[StateRow]:
+        """Delete rows whose value is still the one read; return those deleted. Commits."""
+        deleted = []
+        for row in rows:
+            if isinstance(row.scope, TaskScope):
+                count = self._execute(
+                    "DELETE FROM task_state_store WHERE id = ? AND value = ?", (row.row_id, row.value)
+                )
+            else:
+                count = self._execute(
+                    'DELETE FROM asset_state_store WHERE asset_id = ? AND "key" = ? AND value = ?',
+                    (row.scope.asset_id, row.key, row.value),
+                )
+            if count:
+                deleted.append(row)
+        self.commit()
+        return deleted
+
+    def update_if_unchanged(self, row: StateRow, new_value: str) -> bool:
+        """Replace a row's value only if it is still the one read (a worker may have written)."""
+        now = self._ts(utcnow())
+        if isinstance(row.scope, TaskScope):
+            count = self._execute(
+                "UPDATE task_state_store SET value = ?, updated_at = ? WHERE id = ? AND value = ?",
+                (new_value, now, row.row_id, row.value),
+            )
+        else:
+            count = self._execute(
+                'UPDATE asset_state_store SET value = ?, updated_at = ? WHERE asset_id = ? AND "key" = ? AND value = ?',
+                (new_value, now, row.scope.asset_id, row.key, row.value),
+            )
+        return count == 1
+
+    def scope_rows(self, scope: Scope, *, all_map_indices: bool = False) -> list[StateRow]:
+        """The rows `clear` removes (a scope holds few keys, so a list is fine)."""
+        if isinstance(scope, TaskScope):
+            flt = RowFilter(
+                dag_id=scope.dag_id,
+                run_id=scope.run_id,
+                task_id=scope.task_id,
+                map_index=None if all_map_indices else scope.map_index,
+                assets=False,
+            )
+            return list(self.iter_rows(flt))
+        return list(self._iter_asset_rows(RowFilter(tasks=False), asset_id=scope.asset_id, scope=scope))
+
+    def iter_rows(self, flt: RowFilter, batch_size: int = STREAM_BATCH) -> Iterator[StateRow]:
+        """Stream rows in scope order with flat memory (server-side cursor on PostgreSQL)."""
+        if flt.wants_tasks:
+            yield from self._iter_task_rows(flt, batch_size)
+        if flt.wants_assets:
+            yield from self._iter_asset_rows(flt, batch_size=batch_size)
+
+    def _stream(self, sql: str, params: Sequence[Any], batch_size: int) -> Iterator[Sequence[Any]]:
+        with self._errors():
+            if self.dialect == "postgresql":
+                cur = self.conn.cursor(name=f"statectl_stream_{id(params)}")
+                cur.itersize = batch_size
+            else:
+                cur = self.conn.cursor()
+            cur.execute(self._sql(sql), tuple(params))
+            while True:
+                batch = cur.fetchmany(batch_size)
+                if not batch:
+                    break
+                yield from batch
+            cur.close()
+        if self.dialect == "postgresql":
+            self._rollback()  # end the read transaction that held the named cursor
+
+    def _iter_task_rows(self, flt: RowFilter, batch_size: int) -> Iterator[StateRow]:
+        where, params = [], []
+        for column, value in (
+            ("dag_id", flt.dag_id),
+            ("run_id", flt.run_id),
+            ("task_id", flt.task_id),
+            ("map_index", flt.map_index),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if flt.expired_before is not None:
+            where.append("expires_at IS NOT NULL AND expires_at < ?")
+            params.append(self._ts(flt.expired_before))
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        sql = (
+            f"SELECT {self._TASK_COLUMNS} FROM task_state_store{clause} "
+            'ORDER BY dag_id, run_id, task_id, map_index, "key"'
+        )
+        for r in self._stream(sql, params, batch_size):
+            yield self._task_row(r)
+
+    def _iter_asset_rows(
+        self,
+        flt: RowFilter,
+        batch_size: int = STREAM_BATCH,
+        asset_id: int | None = None,
+        scope: AssetScope | None = None,
+    ) -> Iterator[StateRow]:
+        where, params = [], []
+        if asset_id is not None:
+            where.append("s.asset_id = ?")
+            params.append(asset_id)
+        if flt.asset_name is not None:
+            where.append("a.name = ?")
+            params.append(flt.asset_name)
+        if flt.asset_uri is not None:
+            where.append("a.uri = ?")
+            params.append(flt.asset_uri)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        sql = (
+            'SELECT a.id, a.name, a.uri, s."key", s.value, s.updated_at FROM asset_state_store s '
+            f'JOIN asset a ON a.id = s.asset_id{clause} ORDER BY a.name, s."key"'
+        )
+        for r in self._stream(sql, params, batch_size):
+            row_scope = scope or AssetScope(name=r[1] or None, uri=r[2] or None, asset_id=int(r[0]))
+            yield StateRow(row_scope, r[3], r[4], self._from_db_ts(r[5]))

@@ -1,0 +1,456 @@
+"""Real components for statectl's tests: Airflow metadata DBs, PostgreSQL, S3 and GCS servers.
+
+Nothing here is mocked. On a FRESH Debian (bookworm) machine, `.ci/run` needs:
+
+    apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql
+    uv sync --frozen --extra test
+
+`postgresql` brings the server binaries (/usr/lib/postgresql/<ver>/bin/{initdb,pg_ctl,postgres})
+and creates the `postgres` system user. The fixtures do NOT use the cluster the package may
+start on port 5432: they run their own throwaway cluster on a free loopback port. Because
+initdb/pg_ctl refuse to run as root, under root they are run as `postgres` via `runuser`
+(util-linux, always present on Debian). moto (S3) and gcp-storage-emulator (GCS) are Python
+packages from the `test` extra; they run in-process threads on 127.0.0.1. No network access
+is needed at test time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import pwd
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import urllib.request
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# The venv's bin dir: tests run under the venv python, which also provides `airflow`.
+VENV_BIN = Path(sys.executable).parent
+PYTHON = str(VENV_BIN / "python")
+AIRFLOW = str(VENV_BIN / "airflow")
+
+OBJECT_STORAGE_BACKEND = (
+    "airflow.providers.common.io.state_store.backend.StateStoreObjectStorageBackend"
+)
+S3_CONN_ID = "statectl_s3"
+AWS_KEY = "testing"
+AWS_REGION = "us-east-1"
+# Distinctive so tests can assert it never shows up in statectl's output.
+PG_PASSWORD = "pg-S3cret-7f3a9c"
+PG_USER = "statectl"
+PG_TEMPLATE_DB = "airflow_template"
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def clean_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Copy of the environment without any Airflow settings (AIRFLOW__*, AIRFLOW_CONN_*,
+    AIRFLOW_HOME, AIRFLOW_CONFIG, ...) so the developer's own Airflow can't leak in."""
+    src = os.environ if base is None else base
+    return {k: v for k, v in src.items() if not k.upper().startswith(("AIRFLOW", "_AIRFLOW"))}
+
+
+def airflow_base_env(home: Path, sql_alchemy_conn: str) -> dict[str, str]:
+    env = clean_env()
+    env.update(
+        AIRFLOW_HOME=str(home),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=sql_alchemy_conn,
+    )
+    if sql_alchemy_conn.startswith("postgresql"):
+        # Airflow derives an async URL (postgresql+asyncpg) at import time and asyncpg is not
+        # installed; psycopg 3 (test extra) has an async driver, so point Airflow at it.
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"] = (
+            "postgresql+psycopg:" + sql_alchemy_conn.split(":", 1)[1]
+        )
+    return env
+
+
+def free_port() -> int:
+    # Small race between close and the server binding it; acceptable for a test bed.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def airflow_db_migrate(env: Mapping[str, str], timeout: float = 300) -> None:
+    proc = subprocess.run(
+        [AIRFLOW, "db", "migrate"],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"airflow db migrate failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
+            f"{proc.stderr[-4000:]}"
+        )
+
+
+# --------------------------------------------------------------------------- Airflow env
+
+
+@dataclass
+class AirflowEnv:
+    """One isolated Airflow installation: its home, metadata DB and a file:// bucket dir."""
+
+    home: Path
+    db_path: Path | None  # the SQLite file; None for PostgreSQL
+    sql_alchemy_conn: str
+    bucket_dir: Path
+    env: dict[str, str]
+    db_name: str | None = None  # PostgreSQL database name; None for SQLite
+
+    @property
+    def bucket_url(self) -> str:
+        """file:// URL of bucket_dir, usable as the object storage base path."""
+        return self.bucket_dir.resolve().as_uri()
+
+    def with_backend(
+        self, path: str, threshold: int = 0, compression: str | None = None
+    ) -> dict[str, str]:
+        """env plus the worker-side object storage backend settings."""
+        env = dict(self.env)
+        env.update(
+            AIRFLOW__WORKERS__STATE_STORE_BACKEND=OBJECT_STORAGE_BACKEND,
+            AIRFLOW__COMMON_IO__STATE_STORE_OBJECTSTORAGE_PATH=path,
+            AIRFLOW__COMMON_IO__STATE_STORE_OBJECTSTORAGE_THRESHOLD=str(threshold),
+            # Empty string = no compression (the provider's default).
+            AIRFLOW__COMMON_IO__STATE_STORE_OBJECTSTORAGE_COMPRESSION=compression or "",
+        )
+        return env
+
+    def query(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+        """Run one SQL statement (`:name` placeholders) and return its rows (if any).
+        Uses SQLAlchemy so the same SQL works for SQLite and PostgreSQL."""
+        import sqlalchemy as sa
+        from sqlalchemy.pool import NullPool
+
+        engine = sa.create_engine(self.sql_alchemy_conn, poolclass=NullPool)
+        try:
+            with engine.begin() as conn:
+                result = conn.execute(sa.text(sql), params)
+                return [tuple(r) for r in result] if result.returns_rows else []
+        finally:
+            engine.dispose()
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+def find_pg_bin_dir() -> Path | None:
+    """Directory with initdb/pg_ctl: Debian's /usr/lib/postgresql/<newest>/bin, else PATH."""
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"),
+        key=lambda p: int(re.search(r"/(\d+)/bin/", p).group(1)),  # type: ignore[union-attr]
+    )
+    if candidates:
+        return Path(candidates[-1]).parent
+    found = shutil.which("pg_ctl")
+    if found and shutil.which("initdb"):
+        return Path(found).resolve().parent
+    return None
+
+
+def _as_user_prefix() -> tuple[list[str], str | None]:
+    """Command prefix to drop root (initdb/postgres refuse to run as root) and the user name."""
+    if os.geteuid() != 0:
+        return [], None
+    for name in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            pwd.getpwnam(name)
+            break
+    else:
+        raise RuntimeError("running as root but neither 'postgres' nor 'nobody' user exists")
+    if shutil.which("runuser"):
+        return ["runuser", "-u", name, "--"], name
+    if shutil.which("setpriv"):
+        return ["setpriv", f"--reuid={name}", f"--regid={name}", "--init-groups", "--"], name
+    raise RuntimeError("running as root but neither runuser nor setpriv is available")
+
+
+@dataclass
+class PostgresServer:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 with password auth over TCP."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    bin_dir: Path
+    base_dir: Path
+    run_as: list[str] = field(default_factory=list)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.base_dir / "data"
+
+    def url(self, dbname: str, driver: str = "postgresql+psycopg2") -> str:
+        """SQLAlchemy URL (what Airflow's sql_alchemy_conn takes)."""
+        return f"{driver}://{self.user}:{self.password}@{self.host}:{self.port}/{dbname}"
+
+    def dsn(self, dbname: str = "postgres") -> str:
+        """libpq DSN for psycopg / psycopg2."""
+        return (
+            f"host={self.host} port={self.port} user={self.user} "
+            f"password={self.password} dbname={dbname}"
+        )
+
+    def admin_execute(self, *statements: str) -> None:
+        """Run statements in autocommit mode (CREATE/DROP DATABASE can't be in a tx)."""
+        import psycopg
+
+        with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
+            for stmt in statements:
+                conn.execute(stmt)  # type: ignore[arg-type]
+
+    def create_database(self, name: str, template: str | None = None) -> None:
+        tmpl = f' TEMPLATE "{template}"' if template else ""
+        self.admin_execute(f'CREATE DATABASE "{name}"{tmpl}')
+
+    def drop_database(self, name: str) -> None:
+        # FORCE: a test may leave a connection open (PostgreSQL >= 13).
+        self.admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def pg_ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*self.run_as, str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), *args],
+            cwd=self.base_dir,  # the dropped-privilege user may not be able to read our cwd
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def stop(self) -> None:
+        self.pg_ctl("stop", "-m", "fast", "-w")
+        shutil.rmtree(self.base_dir, ignore_errors=True)
+
+
+def start_postgres(bin_dir: Path) -> PostgresServer:
+    run_as, user = _as_user_prefix()
+    # Not under pytest's tmp dir: that is 0700 root-owned, so `postgres` could not reach it.
+    base = Path(tempfile.mkdtemp(prefix="statectl-pg-"))
+    pwfile = base / "pwfile"
+    pwfile.write_text(PG_PASSWORD + "\n")
+    if user is not None:
+        pw = pwd.getpwnam(user)
+        for p in (base, pwfile):
+            os.chown(p, pw.pw_uid, pw.pw_gid)
+    server = PostgresServer(
+        host="127.0.0.1",
+        port=free_port(),
+        user=PG_USER,
+        password=PG_PASSWORD,
+        bin_dir=bin_dir,
+        base_dir=base,
+        run_as=run_as,
+    )
+    init = subprocess.run(
+        [
+            *run_as, str(bin_dir / "initdb"), "-D", str(server.data_dir), "-U", PG_USER,
+            f"--pwfile={pwfile}", "--auth-host=scram-sha-256", "--auth-local=trust",
+            # --no-locale: no dependency on generated locales on a minimal machine.
+            "-E", "UTF8", "--no-locale", "--no-sync",
+        ],
+        cwd=base,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if init.returncode != 0:
+        shutil.rmtree(base, ignore_errors=True)
+        raise RuntimeError(f"initdb failed:\n{init.stdout}\n{init.stderr}")
+    opts = (
+        f"-c listen_addresses={server.host} -p {server.port} -k {base} "
+        # Durability is irrelevant for a throwaway test cluster; speed is not.
+        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    )
+    start = server.pg_ctl("start", "-w", "-t", "60", "-l", str(base / "server.log"), "-o", opts)
+    if start.returncode != 0:
+        log = (base / "server.log").read_text() if (base / "server.log").exists() else ""
+        shutil.rmtree(base, ignore_errors=True)
+        raise RuntimeError(f"pg_ctl start failed:\n{start.stdout}\n{start.stderr}\n{log}")
+    return server
+
+
+# --------------------------------------------------------------------------- S3 (moto)
+
+
+@dataclass
+class S3Bucket:
+    bucket: str
+    endpoint_url: str
+    conn_id: str
+    conn_env: dict[str, str]
+
+    def url(self, path: str = "") -> str:
+        """Airflow ObjectStoragePath URL, with the conn_id the provider resolves."""
+        return f"s3://{self.conn_id}@{self.bucket}/{path.lstrip('/')}"
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=AWS_KEY,
+            aws_secret_access_key=AWS_KEY,
+            region_name=AWS_REGION,
+        )
+
+    def keys(self) -> list[str]:
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket)
+        return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+
+def s3_conn_env(endpoint_url: str, conn_id: str = S3_CONN_ID) -> dict[str, str]:
+    conn = {
+        "conn_type": "aws",
+        "login": AWS_KEY,
+        "password": AWS_KEY,
+        "extra": {"endpoint_url": endpoint_url, "region_name": AWS_REGION},
+    }
+    return {f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(conn)}
+
+
+def create_s3_bucket(endpoint_url: str) -> S3Bucket:
+    name = f"statectl-{uuid.uuid4().hex[:12]}"
+    bucket = S3Bucket(name, endpoint_url, S3_CONN_ID, s3_conn_env(endpoint_url))
+    bucket.client().create_bucket(Bucket=name)
+    return bucket
+
+
+# --------------------------------------------------------------------------- GCS emulator
+
+
+@dataclass
+class GcsBucket:
+    bucket: str
+    endpoint_url: str
+    env: dict[str, str]
+
+    def url(self, path: str = "") -> str:
+        return f"gs://{self.bucket}/{path.lstrip('/')}"
+
+    def fs(self) -> Any:
+        """A fresh (uncached) gcsfs filesystem talking to the emulator."""
+        import gcsfs
+
+        # gcsfs >= 2026 probes bucket types over gRPC first, which hangs on the emulator.
+        os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+        return gcsfs.GCSFileSystem(
+            endpoint_url=self.endpoint_url, token="anon", project="test", skip_instance_cache=True
+        )
+
+
+def gcs_env(endpoint_url: str) -> dict[str, str]:
+    return {"STORAGE_EMULATOR_HOST": endpoint_url, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+
+
+def start_gcs_emulator() -> tuple[Any, str]:
+    """Start gcp-storage-emulator (in-memory) in a thread; return (server, endpoint_url)."""
+    from gcp_storage_emulator.server import create_server
+
+    port = free_port()
+    server = create_server("127.0.0.1", port, in_memory=True)
+    server.start()
+    return server, f"http://127.0.0.1:{port}"
+
+
+def create_gcs_bucket(endpoint_url: str) -> GcsBucket:
+    name = f"statectl-{uuid.uuid4().hex[:12]}"
+    req = urllib.request.Request(
+        f"{endpoint_url}/storage/v1/b?project=test",
+        data=json.dumps({"name": name}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        resp.read()
+    return GcsBucket(name, endpoint_url, gcs_env(endpoint_url))
+
+
+# --------------------------------------------------------------------------- DAG runs
+
+_FINISHED = re.compile(r"DagRun Finished: dag_id=(?P<dag>[^,]+),.*?\bstate=(?P<state>\w+)")
+_dag_counter = 0
+
+
+def run_dag(
+    env: Mapping[str, str],
+    dag_source: str,
+    tmp_path: Path,
+    *,
+    timeout: float = 300,
+    expect_success: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """Run a DAG file (ending in `dag.test()` under `__main__`) in a subprocess.
+
+    dag.test() only runs DAGs it finds in a DAG bundle, so the file goes into its own fresh
+    folder that becomes `[core] dags_folder` for this run. Non-ASCII state keys fail inside
+    dag.test() (a2wsgi UnicodeDecodeError), so use ASCII keys.
+    """
+    global _dag_counter
+    _dag_counter += 1
+    folder = tmp_path / f"dags-{_dag_counter}-{uuid.uuid4().hex[:6]}"
+    folder.mkdir(parents=True)
+    dag_file = folder / "dag_under_test.py"
+    dag_file.write_text(dag_source)
+    run_env = dict(env)
+    run_env["AIRFLOW__CORE__DAGS_FOLDER"] = str(folder)
+    proc = subprocess.run(
+        [PYTHON, str(dag_file)],
+        env=run_env,
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if expect_success:
+        assert_dag_success(proc)
+    return proc
+
+
+def dag_run_states(proc: subprocess.CompletedProcess[str]) -> list[tuple[str, str]]:
+    """(dag_id, state) of every DagRun that dag.test() reported as finished."""
+    return [(m["dag"], m["state"]) for m in _FINISHED.finditer(proc.stdout + proc.stderr)]
+
+
+def assert_dag_success(proc: subprocess.CompletedProcess[str]) -> None:
+    # dag.test() exits 0 even when the run fails, so check the reported state too.
+    out = f"--- stdout ---\n{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
+    assert proc.returncode == 0, f"DAG process exited {proc.returncode}\n{out}"
+    states = dag_run_states(proc)
+    assert states, f"no 'DagRun Finished' line in output\n{out}"
+    assert all(s == "success" for _, s in states), f"DAG run states {states}\n{out}"
+
+
+def run_python(
+    env: Mapping[str, str], code: str, *, timeout: float = 120, args: Sequence[str] = ()
+) -> subprocess.CompletedProcess[str]:
+    """Run a Python snippet in the venv with the given environment (for smoke checks)."""
+    return subprocess.run(
+        [PYTHON, "-c", code, *args],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
