@@ -86,12 +86,13 @@ def _write_tables(records: Iterable[dict[str, Any]], columns: Sequence[str], out
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(file=out, soft_wrap=False)
+    # Rows stay on one line each: a long run id folded over six lines is unreadable.
+    console = Console(file=out, soft_wrap=True, width=None if out.isatty() else 240)
     count = 0
     for page, chunk in enumerate(_chunks(records, 500)):
         table = Table(title=title if page == 0 else None, show_header=page == 0, box=None, pad_edge=False)
         for column in columns:
-            table.add_column(column, overflow="fold")
+            table.add_column(column, no_wrap=True)
         for record in chunk:
             table.add_row(*(_cell(record.get(k)) for k in columns))
         console.print(table)
