@@ -8,4 +8,5 @@ if ! command -v uv >/dev/null 2>&1 && ! python3 -m uv --version >/dev/null 2>&1;
 fi
 UV="uv"
 command -v uv >/dev/null 2>&1 || UV="python3 -m uv"
-$UV sync --frozen --quiet "$@"
+# --inexact: never remove what another set-up (e.g. the test extra) installed.
+$UV sync --frozen --inexact --quiet "$@"

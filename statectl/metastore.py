@@ -244,9 +244,18 @@ class Metastore:
     # -- rows -----------------------------------------------------------------------
     _TASK_COLUMNS = 'id, dag_id, run_id, task_id, map_index, "key", value, updated_at, expires_at'
 
-    def _task_row(self, r: Sequence[Any]) -> StateRow:
+    def _task_row(self, r: Sequence[Any], previous: StateRow | None = None) -> StateRow:
+        scope = previous.scope if previous is not None else None
+        if not (
+            isinstance(scope, TaskScope)
+            and scope.map_index == r[4]
+            and scope.task_id == r[3]
+            and scope.run_id == r[2]
+            and scope.dag_id == r[1]
+        ):
+            scope = TaskScope(r[1], r[2], r[3], int(r[4]))  # rows arrive grouped by scope: build each once
         return StateRow(
-            scope=TaskScope(r[1], r[2], r[3], int(r[4])),
+            scope=scope,
             key=r[5],
             value=r[6],
             updated_at=self._from_db_ts(r[7]),
@@ -395,8 +404,10 @@ class Metastore:
             f"SELECT {self._TASK_COLUMNS} FROM task_state_store{clause} "
             'ORDER BY dag_id, run_id, task_id, map_index, "key"'
         )
+        row = None
         for r in self._stream(sql, params, batch_size):
-            yield self._task_row(r)
+            row = self._task_row(r, row)
+            yield row
 
     def _iter_asset_rows(
         self,

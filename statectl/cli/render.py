@@ -46,16 +46,18 @@ def write_records(
             out.write(("\n" if count == 1 else ",\n") + dumps(record))
         out.write("\n]\n" if count else "]\n")
     elif fmt is Output.jsonl:
-        for count, record in enumerate(records, 1):  # noqa: B007 - count is the result
-            out.write(dumps(record) + "\n")
+        for chunk in _chunks(records, 1000):  # one write per thousand rows, not per row
+            out.write("".join(dumps(record) + "\n" for record in chunk))
+            count += len(chunk)
     elif fmt is Output.csv:
         writer = csv.DictWriter(out, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         for count, record in enumerate(records, 1):  # noqa: B007 - count is the result
             writer.writerow({k: _cell(record.get(k)) for k in columns})
     elif fmt is Output.plain:
-        for count, record in enumerate(records, 1):  # noqa: B007 - count is the result
-            out.write("\t".join(_cell(record.get(k)) for k in columns) + "\n")
+        for chunk in _chunks(records, 1000):
+            out.write("".join("\t".join(_cell(record.get(k)) for k in columns) + "\n" for record in chunk))
+            count += len(chunk)
     else:
         count = _write_tables(records, columns, out, title)
     out.flush()
