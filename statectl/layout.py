@@ -145,15 +145,38 @@ def is_under_base(url: ObjectURL, base: ObjectURL) -> bool:
     )
 
 
-def require_under_base(ref: str, base: ObjectURL | None) -> ObjectURL:
+def _parse_ref(ref: str, base: ObjectURL | None) -> ObjectURL:
     if base is None:
         raise DataError(
             f"the row references {ref} but no [common.io] state_store_objectstorage_path is configured (use --path)"
         )
     try:
-        url = ObjectURL.parse(ref)
+        return ObjectURL.parse(ref)
     except ValueError:
         raise DataError(f"the row references {ref!r}, which is not an object URL") from None
+
+
+def require_under_base(ref: str, base: ObjectURL | None) -> ObjectURL:
+    """The object of a ref statectl may delete or rewrite: strictly under the base path."""
+    url = _parse_ref(ref, base)
+    assert base is not None
     if not is_under_base(url, base):
         raise DataError(f"the row references {ref}, outside the configured base path {base}")
+    return url
+
+
+def require_readable(ref: str, base: ObjectURL | None) -> ObjectURL:
+    """The object of a ref a worker would read: what the provider counts as a ref, no '..' escape.
+
+    Like the provider, a ref written under another conn_id or scheme of the same path is read
+    through its own connection (an operator who renamed the connection still reads old values).
+    """
+    url = _parse_ref(ref, base)
+    assert base is not None
+    if not looks_like_provider_ref(ref, base):
+        raise DataError(
+            f"the row references {ref}, outside the configured base path {base}; a worker would fail to decode it"
+        )
+    if any(p in (".", "..") for p in url.parts[len(base.parts) :]):
+        raise DataError(f"the row references {ref}, which escapes the base path {base} with '..'")
     return url

@@ -19,7 +19,7 @@ from statectl import codec, layout
 from statectl.bucket import Buckets
 from statectl.codec import Location, StoredValue
 from statectl.config import Config
-from statectl.errors import ConfigError, DataError, NotFoundError, TooLargeError
+from statectl.errors import ConfigError, DataError, NotFoundError, TooLargeError, UsageError
 from statectl.layout import ObjectURL
 from statectl.metastore import Metastore, RowFilter, StateRow, utcnow
 from statectl.scopes import AssetScope, Scope, TaskScope, check_key
@@ -129,7 +129,7 @@ class StateStore:
         assert stored.ref is not None
         if stored.location is Location.INLINE:
             return codec.decode_json(stored.ref, "the row's inline ref"), None
-        url = layout.require_under_base(stored.ref, self.base)
+        url = layout.require_readable(stored.ref, self.base)
         text = self.buckets.read_text(url)
         return codec.decode_json(text, f"object {url}"), url
 
@@ -138,6 +138,8 @@ class StateStore:
         scope = self.resolve(scope)
         row = self.metastore.get_row(scope, key)
         if row is None:
+            if isinstance(scope, TaskScope):
+                self.metastore.require_task_instance(scope)  # say which part of the scope is unknown
             raise NotFoundError(f"no key {key!r} in {scope.kind} {scope.label()}")
         stored = codec.classify(row.value)
         if raw:
@@ -160,7 +162,7 @@ class StateStore:
     def put(self, scope: Scope, key: str, value: Any, *, expiry: Expiry = Expiry(), force: bool = False) -> PutResult:
         check_key(key)
         if value is None:
-            raise codec.UsageError("Airflow refuses to store None (use `statectl rm`)")
+            raise UsageError("Airflow refuses to store None (use `statectl rm`)")
         offload = self.config.offloads
         url = self.object_url_for(scope, key) if offload else None  # validates path and codec
         threshold = self.config.threshold if offload else 0

@@ -58,19 +58,24 @@ def main(
         str | None, typer.Option("--compression", help="Object compression, e.g. gzip (overrides [common.io]).")
     ] = None,
     threshold: Annotated[
-        int | None, typer.Option("--threshold", min=0, help="Offload threshold in bytes (overrides [common.io]).")
+        int | None, typer.Option("--threshold", help="Offload threshold in bytes, >= 0 (overrides [common.io]).")
     ] = None,
     backend: Annotated[
         str | None,
         typer.Option("--backend", help="Write as workers with this backend do: metastore or objectstorage."),
     ] = None,
-    concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=256, help="Parallel object I/O.")] = 16,
+    concurrency: Annotated[int, typer.Option("--concurrency", help="Parallel object I/O, 1 to 256.")] = 16,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
     version: Annotated[
         bool | None, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
     ] = None,
 ) -> None:
     """Global options apply to every command and override Airflow's configuration."""
+    # Ranges are checked here rather than with min=/max=: Typer escapes their help text badly.
+    if threshold is not None and threshold < 0:
+        raise typer.BadParameter("must be 0 or more", param_hint="--threshold")
+    if not 1 <= concurrency <= 256:
+        raise typer.BadParameter("must be between 1 and 256", param_hint="--concurrency")
     if backend is not None and backend not in ("metastore", "objectstorage"):
         raise typer.BadParameter("must be metastore or objectstorage", param_hint="--backend")
     ctx.obj = AppState(
@@ -99,12 +104,24 @@ def _register_commands() -> None:
 _register_commands()
 
 
+def _click_exceptions():
+    """The Click exception classes Typer raises: Typer >= 0.26 vendors Click as typer._click."""
+    try:
+        from typer._click import exceptions
+    except ImportError:  # older Typer uses the click package
+        from click import exceptions
+    return exceptions
+
+
 def run() -> None:
     """Entry point: one-line errors and documented exit codes, tracebacks only with --debug."""
-    import click
-
+    exc = _click_exceptions()
     debug = "--debug" in sys.argv[1:]
-    _quiet_logging()
+    _quiet_logging(debug)
+    if not debug:
+        # "Exception ignored in __del__" reports (e.g. fsspec retrying a failed upload while
+        # being garbage-collected) are tracebacks on stderr after the one error line.
+        sys.unraisablehook = lambda _unraisable: None
     try:
         code = app(standalone_mode=False)
     except StatectlError as e:
@@ -112,14 +129,18 @@ def run() -> None:
             raise
         print(f"statectl: error: {e.message}", file=sys.stderr)
         sys.exit(int(e.exit_code))
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("statectl: aborted", file=sys.stderr)
         sys.exit(130)
-    except click.ClickException as e:
-        print(f"statectl: error: {e.format_message()}", file=sys.stderr)
-        sys.exit(int(ExitCode.USAGE) if isinstance(e, click.UsageError) else e.exit_code)
+    except exc.ClickException as e:
+        if isinstance(e, getattr(exc, "NoArgsIsHelpError", ())):
+            print(e.format_message(), file=sys.stderr)  # the help text, as Click prints it
+            sys.exit(int(ExitCode.USAGE))
+        message = " ".join(e.format_message().split())  # one line, whatever Click wrapped
+        print(f"statectl: error: {message}", file=sys.stderr)
+        sys.exit(int(ExitCode.USAGE) if isinstance(e, exc.UsageError) else e.exit_code)
     except KeyboardInterrupt:
         print("statectl: interrupted", file=sys.stderr)
         sys.exit(130)
@@ -133,8 +154,14 @@ def run() -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-def _quiet_logging() -> None:
+def _quiet_logging(debug: bool = False) -> None:
     """Library logs go to stderr at WARNING, never to stdout."""
     import logging
+    import os
+
+    if not debug:
+        # Airflow configures its own (structlog) logging at import, at INFO by default: e.g.
+        # every connection lookup logs a line. Only statectl's process sees this setting.
+        os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
 
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(name)s: %(message)s")

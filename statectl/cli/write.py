@@ -100,8 +100,6 @@ def _removal_cli(ctx: typer.Context, plan_fn: Any, dry_run: bool, fmt: Output) -
     verb = "would remove" if dry_run else "removed"
     rows = plan.rows if dry_run else report.rows_deleted
     objects = list(plan.objects.values()) if dry_run else report.objects_deleted
-    if dry_run:
-        objects = [plan.objects[(r.scope, r.key)] for r in plan.rows if (r.scope, r.key) in plan.objects]
     records = [
         {"action": verb, "what": "row", "key": r.key, "scope": f"{r.scope.kind} {r.scope.label()}"} for r in rows
     ] + [{"action": verb, "what": "object", "key": "", "scope": str(u)} for u in objects]
@@ -123,8 +121,6 @@ def _removal_cli(ctx: typer.Context, plan_fn: Any, dry_run: bool, fmt: Output) -
         )
     else:
         write_records(records, ["action", "what", "scope", "key"], fmt, sys.stdout)
-    if not sys.stdout.isatty() or fmt is not Output.table:
-        pass
     err(f"{verb} {len(rows)} row(s) and {len(objects)} object(s)")
     failed = report.rows_changed or report.object_errors
     return int(ExitCode.PARTIAL) if failed else 0
