@@ -96,7 +96,7 @@ class Buckets:
                 raise _unreachable(url, e) from None
             raise DataError(f"object {url} does not decompress: {type(e).__name__}: {e}") from None
         except Exception as e:
-            if type(e).__module__.split(".")[0] in ("lzma", "zlib", "gzip", "bz2", "zipfile"):
+            if type(e).__module__.split(".")[0] in ("lzma", "_lzma", "zlib", "gzip", "bz2", "zipfile"):
                 raise DataError(f"object {url} does not decompress: {e}") from None
             raise _unreachable(url, e) from None
         try:
@@ -111,8 +111,17 @@ class Buckets:
         try:
             if url.is_local:
                 fs.makedirs(url.path.rsplit("/", 1)[0], exist_ok=True)
-            with fs.open(url.path, mode="wb", compression=compression) as f:
-                f.write(data)
+            # The codec wrapper fsspec returns for open(compression=...) does not close the file under
+            # it: a remote upload would only commit when garbage-collected, after the read-back below.
+            # Same codec callback and mode as fs.open(compression=...), so the bytes are the provider's.
+            with fs.open(url.path, mode="wb") as raw:
+                if compression:
+                    from fsspec.compression import compr
+
+                    with compr[compression](raw, mode="w") as f:
+                        f.write(data)
+                else:
+                    raw.write(data)
         except StatectlError:
             raise
         except Exception as e:

@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -89,22 +90,37 @@ class Overrides:
     backend: str | None = None  # "metastore" | "objectstorage"
 
 
-def expand_env_var(value: str) -> str:
+_ENV_VAR = re.compile(r"\$(\w+|\{[^}]*\})", re.ASCII)  # what posixpath.expandvars matches
+
+
+def _expandvars(value: str, environ: Mapping[str, str]) -> str:
+    """os.path.expandvars over ``environ`` (not necessarily os.environ); unknown names stay."""
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1)
+        name = name[1:-1] if name.startswith("{") else name
+        return environ.get(name, match.group(0))
+
+    return _ENV_VAR.sub(substitute, value) if "$" in value else value
+
+
+def expand_env_var(value: str, environ: Mapping[str, str] | None = None) -> str:
     """Airflow's expand_env_var: expandvars and expanduser until nothing changes."""
+    environ = os.environ if environ is None else environ
     while True:
-        expanded = os.path.expanduser(os.path.expandvars(value))
+        expanded = os.path.expanduser(_expandvars(value, environ))
         if expanded == value:
             return expanded
         value = expanded
 
 
 def airflow_home(environ: os._Environ[str] | dict[str, str]) -> Path:
-    return Path(expand_env_var(environ.get("AIRFLOW_HOME", "~/airflow")))
+    return Path(expand_env_var(environ.get("AIRFLOW_HOME", "~/airflow"), environ))
 
 
 def airflow_config_file(environ: os._Environ[str] | dict[str, str]) -> Path:
     if "AIRFLOW_CONFIG" in environ:
-        return Path(expand_env_var(environ["AIRFLOW_CONFIG"]))
+        return Path(expand_env_var(environ["AIRFLOW_CONFIG"], environ))
     return airflow_home(environ) / "airflow.cfg"
 
 
@@ -162,7 +178,7 @@ class Config:
         candidates = self._candidates(option)
         for o in candidates:
             if o.env_var in self.environ:
-                return Setting(option, expand_env_var(self.environ[o.env_var]), f"env {o.env_var}")
+                return Setting(option, expand_env_var(self.environ[o.env_var], self.environ), f"env {o.env_var}")
             if option.sensitive and f"{o.env_var}_CMD" in self.environ:
                 value = _run_command(self.environ[f"{o.env_var}_CMD"], f"{o.env_var}_CMD")
                 return Setting(option, value, f"env {o.env_var}_CMD")
@@ -175,7 +191,7 @@ class Config:
                     raw = self._parser.get(o.section, o.key)
                 except configparser.Error as e:
                     raise ConfigError(f"{where}: {o.name}: {e.message}") from None
-                return Setting(option, expand_env_var(raw), f"{where} [{o.section}]")
+                return Setting(option, expand_env_var(raw, self.environ), f"{where} [{o.section}]")
         if option.sensitive:
             for o in candidates:
                 if self._parser.has_option(o.section, f"{o.key}_cmd"):
@@ -186,7 +202,7 @@ class Config:
                 if self._parser.has_option(o.section, f"{o.key}_secret"):
                     return Setting(option, _from_airflow(option), f"secrets backend ({where})")
         home = str(airflow_home(self.environ))
-        return Setting(option, expand_env_var(option.default.replace("{AIRFLOW_HOME}", home)), "default")
+        return Setting(option, expand_env_var(option.default.replace("{AIRFLOW_HOME}", home), self.environ), "default")
 
     def _apply_overrides(self) -> None:
         o = self.overrides

@@ -385,7 +385,7 @@ class Metastore:
         if self.dialect == "postgresql":
             self._rollback()  # end the read transaction that held the named cursor
 
-    def _iter_task_rows(self, flt: RowFilter, batch_size: int) -> Iterator[StateRow]:
+    def _task_where(self, flt: RowFilter) -> tuple[str, list[Any]]:
         where, params = [], []
         for column, value in (
             ("dag_id", flt.dag_id),
@@ -399,7 +399,19 @@ class Metastore:
         if flt.expired_before is not None:
             where.append("expires_at IS NOT NULL AND expires_at < ?")
             params.append(self._ts(flt.expired_before))
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        return (f" WHERE {' AND '.join(where)}" if where else ""), params
+
+    @staticmethod
+    def _asset_where(flt: RowFilter, asset_id: int | None = None) -> tuple[str, list[Any]]:
+        where, params = [], []
+        for column, value in (("s.asset_id", asset_id), ("a.name", flt.asset_name), ("a.uri", flt.asset_uri)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        return (f" WHERE {' AND '.join(where)}" if where else ""), params
+
+    def _iter_task_rows(self, flt: RowFilter, batch_size: int) -> Iterator[StateRow]:
+        clause, params = self._task_where(flt)
         sql = (
             f"SELECT {self._TASK_COLUMNS} FROM task_state_store{clause} "
             'ORDER BY dag_id, run_id, task_id, map_index, "key"'
@@ -416,21 +428,79 @@ class Metastore:
         asset_id: int | None = None,
         scope: AssetScope | None = None,
     ) -> Iterator[StateRow]:
-        where, params = [], []
-        if asset_id is not None:
-            where.append("s.asset_id = ?")
-            params.append(asset_id)
-        if flt.asset_name is not None:
-            where.append("a.name = ?")
-            params.append(flt.asset_name)
-        if flt.asset_uri is not None:
-            where.append("a.uri = ?")
-            params.append(flt.asset_uri)
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        clause, params = self._asset_where(flt, asset_id)
         sql = (
             'SELECT a.id, a.name, a.uri, s."key", s.value, s.updated_at FROM asset_state_store s '
             f'JOIN asset a ON a.id = s.asset_id{clause} ORDER BY a.name, s."key"'
         )
         for r in self._stream(sql, params, batch_size):
-            row_scope = scope or AssetScope(name=r[1] or None, uri=r[2] or None, asset_id=int(r[0]))
-            yield StateRow(row_scope, r[3], r[4], self._from_db_ts(r[5]))
+            yield self._asset_row(r, scope)
+
+    def _asset_row(self, r: Sequence[Any], scope: AssetScope | None = None) -> StateRow:
+        row_scope = scope or AssetScope(name=r[1] or None, uri=r[2] or None, asset_id=int(r[0]))
+        return StateRow(row_scope, r[3], r[4], self._from_db_ts(r[5]))
+
+    # -- batches for long operations --------------------------------------------------
+    def count_rows(self, flt: RowFilter) -> int:
+        """How many rows a filter selects (for progress bars and plans)."""
+        total = 0
+        if flt.wants_tasks:
+            clause, params = self._task_where(flt)
+            total += int(self._fetchone(f"SELECT COUNT(*) FROM task_state_store{clause}", params)[0])
+        if flt.wants_assets:
+            clause, params = self._asset_where(flt)
+            total += int(
+                self._fetchone(
+                    f"SELECT COUNT(*) FROM asset_state_store s JOIN asset a ON a.id = s.asset_id{clause}", params
+                )[0]
+            )
+        return total
+
+    def iter_batches(self, flt: RowFilter, batch_size: int) -> Iterator[list[StateRow]]:
+        """Rows in batches by keyset pagination: no cursor stays open while batches are written.
+
+        Each batch is a fresh query after the last key seen, so rows can be updated between
+        batches on either database and memory stays at one batch.
+        """
+        if flt.wants_tasks:
+            clause, params = self._task_where(flt)
+            last_id = -1
+            while True:
+                keyset = f"{clause} AND id > ?" if clause else " WHERE id > ?"
+                rows = self._fetchall(
+                    f"SELECT {self._TASK_COLUMNS} FROM task_state_store{keyset} ORDER BY id LIMIT ?",
+                    [*params, last_id, batch_size],
+                )
+                if not rows:
+                    break
+                previous = None
+                batch = []
+                for r in rows:
+                    previous = self._task_row(r, previous)
+                    batch.append(previous)
+                last_id = batch[-1].row_id or last_id
+                yield batch
+        if flt.wants_assets:
+            clause, params = self._asset_where(flt)
+            last: tuple[int, str] = (-1, "")
+            while True:
+                keyset = '(s.asset_id > ? OR (s.asset_id = ? AND s."key" > ?))'
+                where = f"{clause} AND {keyset}" if clause else f" WHERE {keyset}"
+                rows = self._fetchall(
+                    'SELECT a.id, a.name, a.uri, s."key", s.value, s.updated_at FROM asset_state_store s '
+                    f'JOIN asset a ON a.id = s.asset_id{where} ORDER BY s.asset_id, s."key" LIMIT ?',
+                    [*params, last[0], last[0], last[1], batch_size],
+                )
+                if not rows:
+                    break
+                batch = [self._asset_row(r) for r in rows]
+                last = (int(rows[-1][0]), rows[-1][3])
+                yield batch
+
+    def _fetchall(self, sql: str, params: Sequence[Any]) -> list[Sequence[Any]]:
+        with self._errors():
+            cur = self.conn.cursor()
+            cur.execute(self._sql(sql), tuple(params))
+            rows = cur.fetchall()
+            cur.close()
+            return rows

@@ -193,7 +193,11 @@ class StateStore:
         # The row no longer points at an older object (other codec, or now inline): remove it.
         if previous is not None:
             old = codec.classify(previous.value)
-            if old.location is Location.OBJECT and old.ref and old.ref != (str(url) if url else None):
+            if (
+                old.location is Location.OBJECT
+                and old.ref
+                and old.ref != (str(url) if encoded.location is Location.OBJECT else None)
+            ):
                 stale = self._deletable(old.ref)
                 if isinstance(stale, ObjectURL):
                     for stale_url, error in self.buckets.delete_many([stale]):

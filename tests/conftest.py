@@ -6,6 +6,12 @@ copy of the DB / database / bucket. See tests/infra.py for the helpers and CI re
 
 from __future__ import annotations
 
+import os
+
+# Must happen before anything in this process imports gcsfs: gcsfs >= 2026 otherwise picks its
+# gRPC-probing filesystem class, which stalls for about two minutes against the GCS emulator.
+os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
+
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -57,7 +63,10 @@ def airflow_home(airflow_template: Path, tmp_path: Path) -> AirflowEnv:
     shutil.copyfile(airflow_template / "airflow.db", db)
     conn = f"sqlite:///{db}"
     return AirflowEnv(
-        home=home, db_path=db, sql_alchemy_conn=conn, bucket_dir=bucket,
+        home=home,
+        db_path=db,
+        sql_alchemy_conn=conn,
+        bucket_dir=bucket,
         env=airflow_base_env(home, conn),
     )
 
@@ -79,9 +88,7 @@ def postgres_server() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture(scope="session")
-def pg_airflow_template(
-    postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory
-) -> str:
+def pg_airflow_template(postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> str:
     """Name of a database migrated by `airflow db migrate`, used as CREATE DATABASE template."""
     postgres_server.create_database(PG_TEMPLATE_DB)
     home = tmp_path_factory.mktemp("pg_airflow_template")
@@ -90,17 +97,19 @@ def pg_airflow_template(
 
 
 @pytest.fixture
-def pg_airflow_home(
-    postgres_server: PostgresServer, pg_airflow_template: str, tmp_path: Path
-) -> Iterator[AirflowEnv]:
+def pg_airflow_home(postgres_server: PostgresServer, pg_airflow_template: str, tmp_path: Path) -> Iterator[AirflowEnv]:
     """A fresh PostgreSQL database cloned from the migrated template (takes well under 1 s)."""
     name = f"airflow_{uuid.uuid4().hex[:12]}"
     postgres_server.create_database(name, template=pg_airflow_template)
     home, bucket = _new_home(tmp_path)
     conn = postgres_server.url(name)
     yield AirflowEnv(
-        home=home, db_path=None, sql_alchemy_conn=conn, bucket_dir=bucket,
-        env=airflow_base_env(home, conn), db_name=name,
+        home=home,
+        db_path=None,
+        sql_alchemy_conn=conn,
+        bucket_dir=bucket,
+        env=airflow_base_env(home, conn),
+        db_name=name,
     )
     postgres_server.drop_database(name)
 

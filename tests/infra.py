@@ -40,9 +40,7 @@ VENV_BIN = Path(sys.executable).parent
 PYTHON = str(VENV_BIN / "python")
 AIRFLOW = str(VENV_BIN / "airflow")
 
-OBJECT_STORAGE_BACKEND = (
-    "airflow.providers.common.io.state_store.backend.StateStoreObjectStorageBackend"
-)
+OBJECT_STORAGE_BACKEND = "airflow.providers.common.io.state_store.backend.StateStoreObjectStorageBackend"
 S3_CONN_ID = "statectl_s3"
 AWS_KEY = "testing"
 AWS_REGION = "us-east-1"
@@ -72,9 +70,7 @@ def airflow_base_env(home: Path, sql_alchemy_conn: str) -> dict[str, str]:
     if sql_alchemy_conn.startswith("postgresql"):
         # Airflow derives an async URL (postgresql+asyncpg) at import time and asyncpg is not
         # installed; psycopg 3 (test extra) has an async driver, so point Airflow at it.
-        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"] = (
-            "postgresql+psycopg:" + sql_alchemy_conn.split(":", 1)[1]
-        )
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"] = "postgresql+psycopg:" + sql_alchemy_conn.split(":", 1)[1]
     return env
 
 
@@ -96,8 +92,7 @@ def airflow_db_migrate(env: Mapping[str, str], timeout: float = 300) -> None:
     )
     if proc.returncode != 0:
         raise RuntimeError(
-            f"airflow db migrate failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
-            f"{proc.stderr[-4000:]}"
+            f"airflow db migrate failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
         )
 
 
@@ -120,9 +115,7 @@ class AirflowEnv:
         """file:// URL of bucket_dir, usable as the object storage base path."""
         return self.bucket_dir.resolve().as_uri()
 
-    def with_backend(
-        self, path: str, threshold: int = 0, compression: str | None = None
-    ) -> dict[str, str]:
+    def with_backend(self, path: str, threshold: int = 0, compression: str | None = None) -> dict[str, str]:
         """env plus the worker-side object storage backend settings."""
         env = dict(self.env)
         env.update(
@@ -205,10 +198,7 @@ class PostgresServer:
 
     def dsn(self, dbname: str = "postgres") -> str:
         """libpq DSN for psycopg / psycopg2."""
-        return (
-            f"host={self.host} port={self.port} user={self.user} "
-            f"password={self.password} dbname={dbname}"
-        )
+        return f"host={self.host} port={self.port} user={self.user} password={self.password} dbname={dbname}"
 
     def admin_execute(self, *statements: str) -> None:
         """Run statements in autocommit mode (CREATE/DROP DATABASE can't be in a tx)."""
@@ -262,10 +252,20 @@ def start_postgres(bin_dir: Path) -> PostgresServer:
     )
     init = subprocess.run(
         [
-            *run_as, str(bin_dir / "initdb"), "-D", str(server.data_dir), "-U", PG_USER,
-            f"--pwfile={pwfile}", "--auth-host=scram-sha-256", "--auth-local=trust",
+            *run_as,
+            str(bin_dir / "initdb"),
+            "-D",
+            str(server.data_dir),
+            "-U",
+            PG_USER,
+            f"--pwfile={pwfile}",
+            "--auth-host=scram-sha-256",
+            "--auth-local=trust",
             # --no-locale: no dependency on generated locales on a minimal machine.
-            "-E", "UTF8", "--no-locale", "--no-sync",
+            "-E",
+            "UTF8",
+            "--no-locale",
+            "--no-sync",
         ],
         cwd=base,
         capture_output=True,
@@ -350,10 +350,11 @@ class GcsBucket:
 
     def fs(self) -> Any:
         """A fresh (uncached) gcsfs filesystem talking to the emulator."""
+        # gcsfs >= 2026 probes bucket types over gRPC first, which stalls for minutes on the
+        # emulator; the switch is read once, when gcsfs is first imported (see conftest).
+        os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
         import gcsfs
 
-        # gcsfs >= 2026 probes bucket types over gRPC first, which hangs on the emulator.
-        os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
         return gcsfs.GCSFileSystem(
             endpoint_url=self.endpoint_url, token="anon", project="test", skip_instance_cache=True
         )

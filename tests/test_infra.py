@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from tests.infra import (
 )
 
 # Sets one task key above and one below the threshold (10 bytes) and one asset key.
-SMOKE_DAG = '''
+SMOKE_DAG = """
 from datetime import datetime
 
 from airflow.sdk import Asset, dag, task
@@ -42,7 +43,7 @@ d = statectl_smoke()
 
 if __name__ == "__main__":
     d.test()
-'''
+"""
 
 
 def test_sqlite_template_has_state_tables(airflow_home: AirflowEnv) -> None:
@@ -60,12 +61,7 @@ def test_postgres_template_clone(pg_airflow_home: AirflowEnv, postgres_server: P
     assert PG_PASSWORD in pg_airflow_home.sql_alchemy_conn
     assert pg_airflow_home.db_name is not None
     with psycopg.connect(postgres_server.dsn(pg_airflow_home.db_name)) as conn:
-        tables = {
-            r[0]
-            for r in conn.execute(
-                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
-            ).fetchall()
-        }
+        tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()}
     assert {"task_state_store", "asset_state_store", "dag_run", "asset"} <= tables
 
 
@@ -101,8 +97,6 @@ def test_gcs_bucket_with_gcsfs(gcs_bucket: GcsBucket) -> None:
         "assert not fs.exists(f'{b}/a/obj.json')\n"
         "print('OK')\n"
     )
-    import os
-
     env = {**os.environ, **gcs_bucket.env}
     proc = run_python(env, code, args=[gcs_bucket.endpoint_url, gcs_bucket.bucket], timeout=60)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr
@@ -123,13 +117,9 @@ def _check_smoke_rows(env: AirflowEnv) -> None:
     big_obj = Path(big_ref.removeprefix("file://"))
     assert json.loads(gzip.decompress(big_obj.read_bytes())) == {"payload": "x" * 50}
 
-    arows = env.query(
-        "SELECT a.name, s.key, s.value FROM asset_state_store s JOIN asset a ON a.id = s.asset_id"
-    )
+    arows = env.query("SELECT a.name, s.key, s.value FROM asset_state_store s JOIN asset a ON a.id = s.asset_id")
     assert len(arows) == 1 and arows[0][:2] == ("smoke_asset", "watermark")
-    assert json.loads(arows[0][2]) == {
-        "__airflow_state_ref__": f"{env.bucket_url}/assets/smoke_asset/watermark.gz"
-    }
+    assert json.loads(arows[0][2]) == {"__airflow_state_ref__": f"{env.bucket_url}/assets/smoke_asset/watermark.gz"}
     assert (env.bucket_dir / "assets" / "smoke_asset" / "watermark.gz").is_file()
 
 
