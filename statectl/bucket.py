@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from statectl.errors import DataError, StatectlError, UnreachableError
@@ -138,6 +139,36 @@ class Buckets:
         except Exception as e:
             raise _unreachable(url, e) from None
         return ObjectInfo(url, info.get("size"), True)
+
+    def probe(self, url: ObjectURL) -> None:
+        """Fail early if the store behind a base path cannot be reached (a listing, no writes)."""
+        fs = self.fs(url)
+        try:
+            fs.exists(url.path)
+        except StatectlError:
+            raise
+        except Exception as e:
+            raise _unreachable(url, e) from None
+
+    def modified(self, url: ObjectURL) -> datetime | None:
+        """Last-modified time (UTC) as the filesystem reports it, or None if unknown."""
+        try:
+            info = self.fs(url).info(url.path)
+        except Exception:
+            return None
+        for key in ("LastModified", "mtime", "updated", "last_modified"):
+            value = info.get(key)
+            if isinstance(value, datetime):
+                return value if value.tzinfo else value.replace(tzinfo=UTC)
+            if isinstance(value, (int, float)):
+                return datetime.fromtimestamp(value, tz=UTC)
+            if isinstance(value, str):
+                try:
+                    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+                except ValueError:
+                    continue
+                return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        return None
 
     # -- many objects ---------------------------------------------------------------
     def map(self, func: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:

@@ -112,6 +112,12 @@ class StateStore:
             raise ConfigError("no [common.io] state_store_objectstorage_path is configured (set it, or pass --path)")
         return self.base
 
+    def check_reachable(self, *bases: ObjectURL | None) -> None:
+        """Before a long operation changes anything: the tables exist and each bucket answers."""
+        self.metastore.check_schema()
+        for base in dict.fromkeys(b for b in bases if b is not None):
+            self.buckets.probe(base)
+
     def close(self) -> None:
         if "metastore" in self.__dict__:
             self.metastore.close()

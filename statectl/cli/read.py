@@ -103,34 +103,14 @@ def ls_cli(
     map_index: opt.MapIndex = None,
     asset: opt.Asset = None,
     asset_uri: opt.AssetUri = None,
-    assets: Annotated[bool, typer.Option("--assets", help="Only asset state.")] = False,
-    tasks: Annotated[bool, typer.Option("--tasks", help="Only task state.")] = False,
+    assets: opt.Assets = False,
+    tasks: opt.Tasks = False,
     expired: Annotated[bool, typer.Option("--expired", help="Only task rows whose expires_at has passed.")] = False,
     key: Annotated[str | None, typer.Option("--key", help="Only keys matching this glob, e.g. 'job_*'.")] = None,
     output: opt.OutputOpt = None,
 ) -> None:
     """List state rows with where each value lives, streaming (flat memory at any size)."""
-    from statectl.metastore import RowFilter, utcnow
-
-    if assets and tasks:
-        raise UsageError("--assets and --tasks exclude each other (give neither for both)")
-    task_flags = any(v is not None for v in (dag, run, task, map_index))
-    if (asset is not None or asset_uri is not None or assets) and (task_flags or tasks or expired):
-        raise UsageError(
-            "task filters (--dag/--run/--task/--map-index/--tasks/--expired) and asset filters "
-            "(--asset/--asset-uri/--assets) exclude each other"
-        )
-    flt = RowFilter(
-        dag_id=dag,
-        run_id=run,
-        task_id=task,
-        map_index=map_index,
-        asset_name=asset,
-        asset_uri=asset_uri,
-        tasks=not assets,
-        assets=not tasks and not expired,
-        expired_before=utcnow() if expired else None,
-    )
+    flt = opt.row_filter(dag, run, task, map_index, asset, asset_uri, assets, tasks, expired)
     fmt = output or default_output(sys.stdout)
     store = state(ctx).store()
 

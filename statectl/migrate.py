@@ -1,0 +1,408 @@
+"""Move state between the metastore and the bucket, and between buckets, without losing a value.
+
+A migration is planned first (``plan``: categories, rows and bytes, no writes), then executed
+batch by batch (``execute``). Per batch:
+
+1. read each row's value (objects concurrently) and work out the row's target form;
+2. write and verify the new objects (concurrently) before any row points to them;
+3. update each row only if it still holds the value read (one transaction per batch);
+4. delete the objects the committed rows no longer reference (only under a base path).
+
+A kill at any point leaves every row pointing at a complete object or holding its value, and
+re-running the same command finishes the job: rows already in their target form are skipped.
+Objects written in step 2 whose rows were never updated are rewritten in place by the re-run;
+old objects not yet deleted in step 4 are left to ``statectl prune``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from statectl import codec, layout
+from statectl.bucket import ObjectMissing
+from statectl.codec import Location, StoredValue
+from statectl.errors import DataError, StatectlError, UsageError
+from statectl.layout import ObjectURL
+from statectl.metastore import RowFilter, StateRow
+from statectl.store import StateStore
+
+# An object at a row's target path that holds another value and is younger than this may be a
+# worker's in-flight write (object first, then row): never overwrite it.
+IN_FLIGHT_GRACE = timedelta(hours=1)
+
+
+class Direction(StrEnum):
+    TO_BUCKET = "to-bucket"
+    TO_METASTORE = "to-metastore"
+    RELOCATE = "relocate"
+
+
+class Action(StrEnum):
+    UPLOAD = "upload"  # the value goes to an object, the row gets the object ref
+    INLINE = "inline"  # the row gets the inline ref wrapper
+    PLAIN = "plain"  # the row gets the plain value
+    MOVE = "move"  # the object moves to another path or codec, the row gets the new ref
+    DONE = "done"  # already in its target form
+    SKIP = "skip"  # left as it is: see the reason
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the rows should look like afterwards."""
+
+    direction: Direction
+    base: ObjectURL | None  # where objects go (to-bucket, relocate)
+    compression: str | None
+    threshold: int
+    source_base: ObjectURL | None  # where existing objects may be read and deleted
+    keep_objects: bool = False
+    max_value_bytes: int = 0
+
+
+@dataclass
+class Item:
+    """One row's part in the migration."""
+
+    row: StateRow
+    stored: StoredValue
+    action: Action
+    reason: str | None = None
+    source_url: ObjectURL | None = None  # the object the row references now
+    target_url: ObjectURL | None = None  # the object the row will reference
+    serialized: str | None = None  # the value's JSON text, once known
+    new_text: str | None = None  # the row's new column text
+    bytes: int = 0  # the value's size as it is stored now (row text or object size)
+
+    @property
+    def label(self) -> str:
+        return f"{self.row.scope.kind} {self.row.scope.label()} key {self.row.key!r}"
+
+
+@dataclass
+class Tally:
+    rows: int = 0
+    bytes: int = 0
+
+    def add(self, size: int) -> None:
+        self.rows += 1
+        self.bytes += size
+
+
+@dataclass
+class Report:
+    """The plan (dry run) or the outcome of a migration, per action."""
+
+    direction: Direction
+    dry_run: bool
+    actions: dict[str, Tally] = field(default_factory=lambda: {a.value: Tally() for a in Action})
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (row label, reason)
+    changed_meanwhile: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    objects_written: int = 0
+    objects_deleted: int = 0
+    objects_left: list[tuple[str, str]] = field(default_factory=list)  # (url, why it stays)
+    over_limit: list[str] = field(default_factory=list)  # values over max_value_storage_bytes
+    interrupted: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not (self.failed or self.changed_meanwhile or self.interrupted)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "direction": self.direction.value,
+            "dry_run": self.dry_run,
+            "actions": {k: {"rows": t.rows, "bytes": t.bytes} for k, t in self.actions.items()},
+            "objects_written": self.objects_written,
+            "objects_deleted": self.objects_deleted,
+            "skipped": [{"row": r, "reason": why} for r, why in self.skipped],
+            "changed_meanwhile": self.changed_meanwhile,
+            "failed": [{"row": r, "error": e} for r, e in self.failed],
+            "objects_left": [{"object": u, "reason": why} for u, why in self.objects_left],
+            "over_max_value_storage_bytes": self.over_limit,
+            "interrupted": self.interrupted,
+            "ok": self.ok,
+        }
+
+
+Progress = Callable[[int, int], None]  # (rows done, bytes done) since the last call
+
+
+class Migration:
+    """One migration over the rows a filter selects."""
+
+    def __init__(self, store: StateStore, target: Target, flt: RowFilter, batch_size: int = 500) -> None:
+        if batch_size < 1:
+            raise UsageError("--batch-size must be 1 or more")
+        self.store = store
+        self.target = target
+        self.flt = flt
+        self.batch_size = batch_size
+
+    def count(self) -> int:
+        return self.store.metastore.count_rows(self.flt)
+
+    # -- classification -------------------------------------------------------------
+    def _target_url(self, row: StateRow) -> ObjectURL:
+        assert self.target.base is not None
+        return layout.object_url(self.target.base, row.scope, row.key, self.target.compression)
+
+    def _source_object(self, item: Item) -> ObjectURL | None:
+        """The referenced object if statectl may read it; otherwise mark the item skipped."""
+        assert item.stored.ref is not None
+        try:
+            # Strict: a ref outside the base path is reported and left as it is.
+            return layout.require_under_base(item.stored.ref, self.target.source_base)
+        except DataError as e:
+            item.action, item.reason = Action.SKIP, e.message
+            return None
+
+    def classify(self, row: StateRow) -> Item:
+        """The row's action from the row alone (no object reads): what a plan shows."""
+        stored = codec.classify(row.value)
+        item = Item(row, stored, Action.DONE, bytes=stored.stored_bytes)
+        direction = self.target.direction
+        if stored.location is Location.OBJECT:
+            item.source_url = self._source_object(item)
+            if item.source_url is None:
+                return item
+        elif stored.location is Location.INLINE:
+            item.serialized = stored.ref
+        else:
+            item.serialized = stored.text
+
+        if direction is Direction.TO_METASTORE:
+            item.action = Action.DONE if stored.location is Location.PLAIN else Action.PLAIN
+        elif direction is Direction.RELOCATE:
+            if stored.location is Location.OBJECT:
+                item.target_url = self._target_url(row)
+                item.action = Action.DONE if str(item.target_url) == stored.ref else Action.MOVE
+        else:  # to-bucket
+            item.target_url = self._target_url(row)
+            if item.serialized is not None:
+                size = len(item.serialized.encode())
+                if size < self.target.threshold:
+                    item.action = Action.INLINE
+                    item.target_url = None
+                else:
+                    item.action = Action.UPLOAD
+            elif str(item.target_url) == stored.ref:
+                # At its target path: right unless a raised threshold now wants it inline,
+                # which only the value's size can tell (known after reading, see _prepare).
+                item.action = Action.DONE
+            else:
+                item.action = Action.MOVE
+        return item
+
+    # -- plan -----------------------------------------------------------------------
+    def plan(self, progress: Progress | None = None) -> Report:
+        """What would happen, from the rows (and object sizes) alone; changes nothing."""
+        report = Report(self.target.direction, dry_run=True)
+        for batch in self.store.metastore.iter_batches(self.flt, self.batch_size):
+            items = [self.classify(row) for row in batch]
+            self._measure_objects(items)
+            for item in items:
+                self._count(report, item)
+            if progress:
+                progress(len(items), sum(i.bytes for i in items))
+        return report
+
+    def _measure_objects(self, items: list[Item]) -> None:
+        """Stored sizes of referenced objects, and missing objects found early."""
+        with_objects = [i for i in items if i.source_url is not None and i.action is not Action.SKIP]
+
+        def stat(item: Item) -> None:
+            assert item.source_url is not None
+            info = self.store.buckets.stat(item.source_url)
+            if not info.exists:
+                item.action, item.reason = Action.SKIP, f"object {item.source_url} is missing"
+            else:
+                item.bytes = info.size or 0
+
+        for _ in self.store.buckets.map(stat, with_objects):
+            pass
+
+    @staticmethod
+    def _count(report: Report, item: Item) -> None:
+        report.actions[item.action.value].add(item.bytes)
+        if item.action is Action.SKIP:
+            report.skipped.append((item.label, item.reason or ""))
+
+    # -- execute --------------------------------------------------------------------
+    def execute(self, progress: Progress | None = None) -> Report:
+        report = Report(self.target.direction, dry_run=False)
+        try:
+            for batch in self.store.metastore.iter_batches(self.flt, self.batch_size):
+                self._run_batch(batch, report)
+                if progress:
+                    progress(len(batch), 0)
+        except StatectlError as e:
+            # A store went away mid-run: what is committed is consistent; say so and stop.
+            report.interrupted = e.message
+        return report
+
+    def _run_batch(self, batch: list[StateRow], report: Report) -> None:
+        items = [self.classify(row) for row in batch]
+        for _ in self.store.buckets.map(self._prepare, items):
+            pass
+        to_write = [i for i in items if i.action in (Action.UPLOAD, Action.MOVE)]
+        for _ in self.store.buckets.map(lambda i: self._write(i, report), to_write):
+            pass
+        committed = self._update_rows(items, report)
+        self._delete_old_objects(committed, report)
+        committed_ids = {id(i) for i in committed}
+        for item in items:
+            if item.action in (Action.SKIP, Action.DONE) or id(item) in committed_ids:
+                self._count(report, item)
+
+    def _prepare(self, item: Item) -> None:
+        """Read the value (object rows), check it decodes, and compute the new row text."""
+        if item.action is Action.SKIP:
+            return
+        needs_value = item.action is not Action.DONE or self._done_needs_check(item)
+        if not needs_value:
+            return
+        try:
+            if item.serialized is None:
+                assert item.source_url is not None
+                item.serialized = self.store.buckets.read_text(item.source_url)
+                item.bytes = len(item.serialized.encode())
+            value = json.loads(item.serialized)
+        except ObjectMissing as e:
+            item.action, item.reason = Action.SKIP, e.message
+            return
+        except DataError as e:
+            item.action, item.reason = Action.SKIP, e.message
+            return
+        except ValueError as e:
+            item.action, item.reason = Action.SKIP, f"the value does not decode as JSON: {e}"
+            return
+        serialized = codec.serialize(value)
+        direction = self.target.direction
+        if direction is Direction.TO_METASTORE:
+            item.new_text = serialized
+        elif direction is Direction.TO_BUCKET and len(serialized.encode()) < self.target.threshold:
+            item.action, item.target_url = Action.INLINE, None
+            item.new_text = codec.wrap_ref(serialized)
+        else:
+            assert item.target_url is not None
+            if item.action is Action.DONE:
+                return
+            item.new_text = codec.wrap_ref(str(item.target_url))
+        item.serialized = serialized
+        if item.new_text == item.row.value:
+            item.action = Action.DONE
+
+    def _done_needs_check(self, item: Item) -> bool:
+        """An object already at its target path is right unless the threshold now inlines it."""
+        return (
+            self.target.direction is Direction.TO_BUCKET and self.target.threshold > 0 and item.source_url is not None
+        )
+
+    def _write(self, item: Item, report: Report) -> None:
+        """Write the target object, unless it already holds the value or may be a worker's."""
+        assert item.target_url is not None and item.serialized is not None
+        buckets = self.store.buckets
+        try:
+            existing = buckets.read_text(item.target_url)
+        except ObjectMissing:
+            existing = None
+        except DataError:
+            existing = ""  # unreadable: replace it only if it is old
+        try:
+            if existing is not None and existing != item.serialized:
+                modified = buckets.modified(item.target_url)
+                if modified is not None and datetime.now(tz=UTC) - modified < IN_FLIGHT_GRACE:
+                    item.action = Action.SKIP
+                    item.reason = (
+                        f"object {item.target_url} holds another value and is recent: a worker may be writing "
+                        "it (re-run later)"
+                    )
+                    return
+            if existing != item.serialized:
+                buckets.write_text(item.target_url, item.serialized, self.target.compression)
+                report.objects_written += 1
+        except StatectlError as e:
+            item.action, item.reason = Action.SKIP, e.message
+            report.failed.append((item.label, e.message))
+
+    def _update_rows(self, items: list[Item], report: Report) -> list[Item]:
+        """Conditional updates in one transaction; return the items committed."""
+        metastore = self.store.metastore
+        committed: list[Item] = []
+        for item in items:
+            if item.action in (Action.DONE, Action.SKIP) or item.new_text is None:
+                continue
+            if metastore.update_if_unchanged(item.row, item.new_text):
+                committed.append(item)
+            else:
+                report.changed_meanwhile.append(item.label)
+        metastore.commit()
+        limit = self.target.max_value_bytes
+        for item in committed:
+            if item.new_text is not None and limit > 0 and len(item.new_text) > limit:
+                report.over_limit.append(f"{item.label} ({len(item.new_text)} bytes)")
+        return committed
+
+    def _delete_old_objects(self, committed: list[Item], report: Report) -> None:
+        """Objects that committed rows no longer reference (only under the source base path)."""
+        old = [i.source_url for i in committed if i.source_url is not None and i.target_url != i.source_url]
+        if self.target.keep_objects:
+            report.objects_left.extend((str(u), "--keep-objects") for u in old)
+            return
+        for url, error in self.store.buckets.delete_many(old):
+            if error:
+                report.objects_left.append((str(url), error))
+            else:
+                report.objects_deleted += 1
+
+
+def build_target(
+    store: StateStore,
+    direction: Direction,
+    *,
+    to: str | None = None,
+    compression: str | None = None,
+    keep_objects: bool = False,
+) -> Target:
+    """The target of a migration from the configuration (and, for relocate, --to)."""
+    config = store.config
+    max_bytes = config.max_value_bytes
+    if direction is Direction.TO_METASTORE:
+        if compression is not None or to is not None:
+            raise UsageError("to-metastore takes neither --to nor --compression")
+        return Target(direction, None, None, 0, store.base, keep_objects=keep_objects, max_value_bytes=max_bytes)
+    source = store.require_base()
+    if direction is Direction.TO_BUCKET:
+        codec_name = config.compression
+        layout.compression_suffix(codec_name)  # refuse a codec the provider cannot use, before any change
+        return Target(direction, source, codec_name, config.threshold, source, max_value_bytes=max_bytes)
+    if not to:
+        raise UsageError("relocate needs --to URL, the new base path")
+    new_base = layout.parse_base_path(to)
+    codec_name = compression if compression is not None else config.compression
+    codec_name = codec_name or None
+    layout.compression_suffix(codec_name)
+    if new_base == source and codec_name == config.compression:
+        raise UsageError(f"--to {to} is the current base path and the compression is unchanged: nothing to move")
+    if new_base != source and (_contains(new_base, source) or _contains(source, new_base)):
+        raise UsageError(
+            f"--to {to} and the current base path {source} contain one another; object paths could collide"
+        )
+    return Target(direction, new_base, codec_name, config.threshold, source, max_value_bytes=max_bytes)
+
+
+def _contains(outer: ObjectURL, inner: ObjectURL) -> bool:
+    return (
+        outer.protocol == inner.protocol
+        and outer.conn_id == inner.conn_id
+        and inner.parts[: len(outer.parts)] == outer.parts
+    )
+
+
+__all__ = ["Action", "Direction", "Migration", "Report", "Target", "build_target"]
