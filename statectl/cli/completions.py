@@ -25,10 +25,7 @@ def generate(shell: str) -> str:
 
     completion_init()  # Typer's classes (what `statectl --show-completion` prints), not Click's
 
-    try:
-        from typer._click import shell_completion  # Typer >= 0.26 vendors Click
-    except ImportError:
-        from click import shell_completion
+    from click import shell_completion
 
     if shell not in SHELLS:
         raise ValueError(f"unsupported shell {shell!r}; choose from {', '.join(SHELLS)}")

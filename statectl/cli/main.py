@@ -104,18 +104,10 @@ def _register_commands() -> None:
 _register_commands()
 
 
-def _click_exceptions():
-    """The Click exception classes Typer raises: Typer >= 0.26 vendors Click as typer._click."""
-    try:
-        from typer._click import exceptions
-    except ImportError:  # older Typer uses the click package
-        from click import exceptions
-    return exceptions
-
-
 def run() -> None:
     """Entry point: one-line errors and documented exit codes, tracebacks only with --debug."""
-    exc = _click_exceptions()
+    from click import exceptions as exc  # Typer < 0.21 raises Click's own exceptions
+
     debug = "--debug" in sys.argv[1:]
     _quiet_logging(debug)
     if not debug:
