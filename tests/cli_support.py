@@ -12,14 +12,13 @@ import json
 import shutil
 import sqlite3
 import subprocess
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.infra import VENV_BIN, AirflowEnv, PostgresServer, airflow_base_env, run_dag
+from tests.infra import VENV_BIN, AirflowEnv, PostgresServer, airflow_base_env, pg_env, run_dag, sqlite_env
 
 STATECTL = str(VENV_BIN / "statectl")
 
@@ -99,35 +98,14 @@ def pg_seed(server: PostgresServer, pg_template: str, tmp_path_factory: pytest.T
     return _memo["pg"]
 
 
-def new_home(tmp_path: Path) -> tuple[Path, Path]:
-    home, bucket = tmp_path / "airflow_home", tmp_path / "bucket"
-    home.mkdir()
-    bucket.mkdir()
-    return home, bucket
-
-
 def sqlite_env_from_seed(seed: Seed, tmp_path: Path) -> AirflowEnv:
     assert seed.db_path is not None
-    home, bucket = new_home(tmp_path)
-    db = home / "airflow.db"
-    shutil.copyfile(seed.db_path, db)
-    conn = f"sqlite:///{db}"
-    return AirflowEnv(home=home, db_path=db, sql_alchemy_conn=conn, bucket_dir=bucket, env=airflow_base_env(home, conn))
+    return sqlite_env(seed.db_path, tmp_path)
 
 
 def pg_env_from_seed(seed: Seed, server: PostgresServer, tmp_path: Path) -> AirflowEnv:
-    name = f"airflow_{uuid.uuid4().hex[:12]}"
-    server.create_database(name, template=seed.pg_template)
-    home, bucket = new_home(tmp_path)
-    conn = server.url(name)
-    return AirflowEnv(
-        home=home,
-        db_path=None,
-        sql_alchemy_conn=conn,
-        bucket_dir=bucket,
-        env=airflow_base_env(home, conn),
-        db_name=name,
-    )
+    assert seed.pg_template is not None
+    return pg_env(server, seed.pg_template, tmp_path)
 
 
 # --------------------------------------------------------------------------- fixtures

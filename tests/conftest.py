@@ -12,8 +12,6 @@ import os
 # gRPC-probing filesystem class, which stalls for about two minutes against the GCS emulator.
 os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
 
-import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,18 +28,11 @@ from tests.infra import (
     create_gcs_bucket,
     create_s3_bucket,
     find_pg_bin_dir,
+    pg_env,
+    sqlite_env,
     start_gcs_emulator,
     start_postgres,
 )
-
-
-def _new_home(tmp_path: Path) -> tuple[Path, Path]:
-    home = tmp_path / "airflow_home"
-    bucket = tmp_path / "bucket"
-    home.mkdir()
-    bucket.mkdir()
-    return home, bucket
-
 
 # --------------------------------------------------------------------------- SQLite
 
@@ -57,21 +48,7 @@ def airflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def airflow_home(airflow_template: Path, tmp_path: Path) -> AirflowEnv:
     """A fresh copy of the migrated SQLite DB in an airflow.cfg-less AIRFLOW_HOME."""
-    home, bucket = _new_home(tmp_path)
-    db = home / "airflow.db"
-    # Only the DB is copied: the template's airflow.cfg hard-codes the template's DB path.
-    shutil.copyfile(airflow_template / "airflow.db", db)
-    conn = f"sqlite:///{db}"
-    return AirflowEnv(
-        home=home,
-        db_path=db,
-        sql_alchemy_conn=conn,
-        bucket_dir=bucket,
-        env=airflow_base_env(home, conn),
-    )
-
-
-# --------------------------------------------------------------------------- PostgreSQL
+    return sqlite_env(airflow_template / "airflow.db", tmp_path)
 
 
 @pytest.fixture(scope="session")
@@ -99,19 +76,9 @@ def pg_airflow_template(postgres_server: PostgresServer, tmp_path_factory: pytes
 @pytest.fixture
 def pg_airflow_home(postgres_server: PostgresServer, pg_airflow_template: str, tmp_path: Path) -> Iterator[AirflowEnv]:
     """A fresh PostgreSQL database cloned from the migrated template (takes well under 1 s)."""
-    name = f"airflow_{uuid.uuid4().hex[:12]}"
-    postgres_server.create_database(name, template=pg_airflow_template)
-    home, bucket = _new_home(tmp_path)
-    conn = postgres_server.url(name)
-    yield AirflowEnv(
-        home=home,
-        db_path=None,
-        sql_alchemy_conn=conn,
-        bucket_dir=bucket,
-        env=airflow_base_env(home, conn),
-        db_name=name,
-    )
-    postgres_server.drop_database(name)
+    env = pg_env(postgres_server, pg_airflow_template, tmp_path)
+    yield env
+    postgres_server.drop_database(env.db_name or "")
 
 
 # --------------------------------------------------------------------------- S3 (moto)

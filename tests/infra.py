@@ -455,3 +455,39 @@ def run_python(
         timeout=timeout,
         check=False,
     )
+
+
+def new_home(tmp_path: Path) -> tuple[Path, Path]:
+    """An empty AIRFLOW_HOME and an empty file:// bucket directory under tmp_path."""
+    home, bucket = tmp_path / "airflow_home", tmp_path / "bucket"
+    home.mkdir()
+    bucket.mkdir()
+    return home, bucket
+
+
+def sqlite_env(db_source: Path, tmp_path: Path) -> AirflowEnv:
+    """A copy of a migrated SQLite DB in an airflow.cfg-less AIRFLOW_HOME.
+
+    Only the DB is copied: a template's airflow.cfg hard-codes the template's own DB path.
+    """
+    home, bucket = new_home(tmp_path)
+    db = home / "airflow.db"
+    shutil.copyfile(db_source, db)
+    conn = f"sqlite:///{db}"
+    return AirflowEnv(home=home, db_path=db, sql_alchemy_conn=conn, bucket_dir=bucket, env=airflow_base_env(home, conn))
+
+
+def pg_env(server: PostgresServer, template: str, tmp_path: Path) -> AirflowEnv:
+    """A fresh PostgreSQL database cloned from a template database (well under a second)."""
+    name = f"airflow_{uuid.uuid4().hex[:12]}"
+    server.create_database(name, template=template)
+    home, bucket = new_home(tmp_path)
+    conn = server.url(name)
+    return AirflowEnv(
+        home=home,
+        db_path=None,
+        sql_alchemy_conn=conn,
+        bucket_dir=bucket,
+        env=airflow_base_env(home, conn),
+        db_name=name,
+    )
