@@ -9,11 +9,20 @@ provider does, so the bytes (codec framing included) are the provider's.
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
+import hashlib
+import inspect
+import io
 import logging
-from collections.abc import Callable, Iterable, Iterator
+import os
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, TypeVar
 
 from statectl.errors import DataError, StatectlError, UnreachableError
@@ -109,23 +118,35 @@ class Buckets:
         """Write as the provider does, then read back and compare before anyone points to it."""
         fs = self.fs(url)
         data = text.encode("utf-8")
+        path = url.path
         try:
             if url.is_local:
                 fs.makedirs(url.path.rsplit("/", 1)[0], exist_ok=True)
+                # Killed mid-write, a file written in place is a truncated object a re-run takes for a
+                # worker's write in flight: write beside it and rename over it (atomic). Object stores
+                # publish an upload only once it is complete.
+                path = f"{url.path}.statectl-{os.getpid()}-{threading.get_ident()}.tmp"
             # The codec wrapper fsspec returns for open(compression=...) does not close the file under
             # it: a remote upload would only commit when garbage-collected, after the read-back below.
             # Same codec callback and mode as fs.open(compression=...), so the bytes are the provider's.
-            with fs.open(url.path, mode="wb") as raw:
+            with fs.open(path, mode="wb") as raw:
                 if compression:
                     from fsspec.compression import compr
 
-                    with compr[compression](raw, mode="w") as f:
+                    # gzip records the file's name in its header: the object's, not the temporary file's.
+                    named = {"filename": url.path} if compression == "gzip" and path != url.path else {}
+                    with compr[compression](raw, mode="w", **named) as f:
                         f.write(data)
                 else:
                     raw.write(data)
+            if path != url.path:
+                os.replace(path, url.path)
         except StatectlError:
             raise
         except Exception as e:
+            if path != url.path:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
             raise _unreachable(url, e) from None
         if self.read_text(url) != text:
             raise DataError(f"object {url} did not read back as written; the row was not changed")
@@ -156,25 +177,148 @@ class Buckets:
             info = self.fs(url).info(url.path)
         except Exception:
             return None
-        for key in ("LastModified", "mtime", "updated", "last_modified"):
-            value = info.get(key)
-            if isinstance(value, datetime):
-                return value if value.tzinfo else value.replace(tzinfo=UTC)
-            if isinstance(value, (int, float)):
-                return datetime.fromtimestamp(value, tz=UTC)
-            if isinstance(value, str):
-                try:
-                    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-                except ValueError:
-                    continue
-                return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-        return None
+        return _modified_from_info(info)
 
     # -- many objects ---------------------------------------------------------------
     def map(self, func: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
         """Run I/O concurrently, in order, with a bounded number of items in flight."""
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             yield from pool.map(func, items)
+
+    def _is_async(self, url: ObjectURL) -> bool:
+        return not url.is_local and bool(getattr(self.fs(url), "async_impl", False))
+
+    def _gather(self, fs: Any, coros: Sequence[Callable[[], Awaitable[Any]]]) -> list[Any]:
+        """Run coroutines on the filesystem's own event loop (no thread per call), at most
+        `concurrency` at a time; each result is the value or the exception raised."""
+        from fsspec.asyn import sync
+
+        limit = self.concurrency
+
+        async def run_all() -> list[Any]:
+            semaphore = asyncio.Semaphore(limit)
+
+            async def one(make: Callable[[], Awaitable[Any]]) -> Any:
+                async with semaphore:
+                    return await make()
+
+            return await asyncio.gather(*(one(c) for c in coros), return_exceptions=True)
+
+        return sync(fs.loop, run_all)
+
+    def _grouped(
+        self,
+        urls: Sequence[ObjectURL],
+        sync_one: Callable[[int], R],
+        async_group: Callable[[Any, list[int]], list[R]],
+    ) -> list[R]:
+        """Per filesystem: a thread pool for synchronous ones, one event loop for async ones."""
+        results: list[Any] = [None] * len(urls)
+        groups: dict[tuple[str, str | None], list[int]] = {}
+        for index, url in enumerate(urls):
+            groups.setdefault((url.protocol, url.conn_id), []).append(index)
+        for indices in groups.values():
+            first = urls[indices[0]]
+            if self._is_async(first):
+                outcomes = async_group(self.fs(first), indices)
+            else:
+                outcomes = list(self.map(sync_one, indices))
+            for index, outcome in zip(indices, outcomes, strict=True):
+                results[index] = outcome
+        return results
+
+    def read_many(self, urls: Sequence[ObjectURL]) -> list[str | DataError]:
+        """Read objects as the provider does, concurrently: per URL its text, or the DataError
+        (ObjectMissing included) that reading it raised. An unreachable store raises.
+
+        On async filesystems (S3, GCS) one GET per object, all on the filesystem's event loop
+        (fs.open would first send a HEAD, and on S3 a listing when the object is missing).
+        """
+
+        def read_group(fs: Any, indices: list[int]) -> list[str | DataError]:
+            kwargs = _cat_kwargs(fs)
+            fetched = self._gather(fs, [partial(fs._cat_file, urls[i].path, **kwargs) for i in indices])
+            out: list[str | DataError] = []
+            for index, data in zip(indices, fetched, strict=True):
+                url = urls[index]
+                if isinstance(data, FileNotFoundError):
+                    out.append(ObjectMissing(f"object {url} does not exist (a worker reads None)"))
+                elif isinstance(data, Exception):
+                    raise _unreachable(url, data) from None
+                elif isinstance(data, BaseException):
+                    raise data
+                else:
+                    try:
+                        out.append(_decode(url, data))
+                    except DataError as e:
+                        out.append(e)
+            return out
+
+        return self._grouped(urls, lambda i: self._read_or_error(urls[i]), read_group)
+
+    def _read_or_error(self, url: ObjectURL) -> str | DataError:
+        try:
+            return self.read_text(url)
+        except DataError as e:
+            return e
+
+    def modified_many(self, urls: Sequence[ObjectURL]) -> list[datetime | None]:
+        """Last-modified times (None if unknown or missing), concurrently."""
+
+        def stat_group(fs: Any, indices: list[int]) -> list[datetime | None]:
+            infos = self._gather(fs, [partial(fs._info, urls[i].path) for i in indices])
+            return [None if isinstance(info, BaseException) else _modified_from_info(info) for info in infos]
+
+        return self._grouped(urls, lambda i: self.modified(urls[i]), stat_group)
+
+    def write_many(
+        self, objects: Sequence[tuple[ObjectURL, str]], compression: str | None
+    ) -> list[StatectlError | None]:
+        """Write objects as the provider does and verify each before anyone points to it.
+
+        Per object: None when written and verified, else the error. On async filesystems the
+        object's bytes are encoded here with the provider's codec (and checked to decode back
+        to the text), uploaded with one PUT, and verified with one HEAD: the stored size and
+        checksum (S3 ETag / GCS md5Hash) must be those of the bytes sent; a store that reports
+        no checksum is read back in full and compared.
+        """
+
+        async def put_and_check(fs: Any, url: ObjectURL, text: str) -> StatectlError | None:
+            try:
+                # Compressing in a worker thread (zlib releases the GIL) keeps the loop's I/O going.
+                payload = await asyncio.to_thread(_encode, url, text, compression)
+            except DataError as e:
+                return e
+            await fs._pipe_file(url.path, payload)
+            info = await fs._info(url.path)
+            same = _same_bytes(info, payload)
+            if same is None:  # no checksum to compare: read it back
+                same = _decode(url, await fs._cat_file(url.path, **_cat_kwargs(fs))) == text
+            if not same:
+                return DataError(f"object {url} did not read back as written; the row was not changed")
+            return None
+
+        def write_group(fs: Any, indices: list[int]) -> list[StatectlError | None]:
+            outcomes = self._gather(fs, [partial(put_and_check, fs, *objects[i]) for i in indices])
+            out: list[StatectlError | None] = []
+            for index, outcome in zip(indices, outcomes, strict=True):
+                if outcome is None or isinstance(outcome, StatectlError):
+                    out.append(outcome)
+                elif isinstance(outcome, Exception):
+                    out.append(_unreachable(objects[index][0], outcome))
+                else:
+                    raise outcome
+            return out
+
+        urls = [url for url, _ in objects]
+        return self._grouped(urls, lambda i: self._write_or_error(*objects[i], compression), write_group)
+
+    def _write_or_error(self, url: ObjectURL, text: str, compression: str | None) -> StatectlError | None:
+        try:
+            self.write_text(url, text, compression)
+        except StatectlError as e:
+            return e
+        return None
 
     def delete_many(self, urls: list[ObjectURL]) -> list[tuple[ObjectURL, str | None]]:
         """Delete objects (missing ones count as deleted); return (url, error or None)."""
@@ -208,3 +352,83 @@ class Buckets:
         except Exception as e:
             return f"{type(e).__name__}: {e}"
         return None
+
+
+def _modified_from_info(info: dict[str, Any]) -> datetime | None:
+    for key in ("LastModified", "mtime", "updated", "last_modified"):
+        value = info.get(key)
+        if isinstance(value, datetime):
+            return value if value.tzinfo else value.replace(tzinfo=UTC)
+        if isinstance(value, (int, float)):
+            return datetime.fromtimestamp(value, tz=UTC)
+        if isinstance(value, str):
+            try:
+                parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return None
+
+
+def _cat_kwargs(fs: Any) -> dict[str, Any]:
+    """s3fs sizes an object with a HEAD before a GET unless told to fetch it in one piece."""
+    try:
+        params = inspect.signature(fs._cat_file).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"max_concurrency": 1} if "max_concurrency" in params else {}
+
+
+class _Sink(io.BytesIO):
+    """A buffer the codec wrapper cannot close (some codecs close the file under them)."""
+
+    def close(self) -> None:
+        pass
+
+
+def _encode(url: ObjectURL, text: str, compression: str | None) -> bytes:
+    """The bytes the provider writes (same codec callback and mode as fs.open(compression=...)),
+    checked to decode back to the text the way a worker reads them."""
+    data = text.encode("utf-8")
+    if compression:
+        from fsspec.compression import compr
+
+        sink = _Sink()
+        with compr[compression](sink, mode="w") as f:
+            f.write(data)
+        data = sink.getvalue()
+    if _decode(url, data) != text:
+        raise DataError(f"object {url} does not decode back to its value with {compression}; nothing written")
+    return data
+
+
+def _decode(url: ObjectURL, data: bytes) -> str:
+    """What a worker reads from these bytes: compression inferred from the suffix, UTF-8."""
+    from fsspec.utils import infer_compression
+
+    compression = infer_compression(url.path)
+    if compression:
+        from fsspec.compression import compr
+
+        try:
+            with compr[compression](io.BytesIO(data), mode="rb") as f:
+                data = f.read()
+        except Exception as e:
+            raise DataError(f"object {url} does not decompress: {type(e).__name__}: {e}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"object {url} is not UTF-8 text (wrong compression suffix?)") from None
+
+
+def _same_bytes(info: dict[str, Any], payload: bytes) -> bool | None:
+    """Whether the stored object is these bytes, by size and checksum; None if no checksum."""
+    if info.get("size") is not None and int(info["size"]) != len(payload):
+        return False
+    etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+    if len(etag) == 32 and all(c in "0123456789abcdefABCDEF" for c in etag):  # single-part S3 upload: MD5
+        return etag.lower() == hashlib.md5(payload, usedforsecurity=False).hexdigest()
+    md5_b64 = info.get("md5Hash")  # GCS
+    if isinstance(md5_b64, str) and md5_b64:
+        return base64.b64decode(md5_b64) == hashlib.md5(payload, usedforsecurity=False).digest()
+    return None

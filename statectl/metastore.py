@@ -348,6 +348,48 @@ class Metastore:
             )
         return count == 1
 
+    def update_many_if_unchanged(self, changes: Sequence[tuple[StateRow, str]]) -> list[bool]:
+        """update_if_unchanged for many rows (no commit); per row, whether it was updated.
+
+        On PostgreSQL the task rows go in a few statements, each
+        ``UPDATE ... FROM (VALUES ...) WHERE t.id = v.id AND t.value = v.old RETURNING t.id``:
+        the same condition as one statement per row, far fewer round trips.
+        """
+        if self.dialect != "postgresql":
+            return [self.update_if_unchanged(row, text) for row, text in changes]
+        from psycopg2.extras import execute_values
+
+        updated = [False] * len(changes)
+        by_id: dict[int, int] = {}
+        for index, (row, text) in enumerate(changes):
+            if isinstance(row.scope, TaskScope) and row.row_id is not None and row.row_id not in by_id:
+                by_id[row.row_id] = index
+            else:
+                updated[index] = self.update_if_unchanged(row, text)
+        if not by_id:
+            return updated
+        now = utcnow()
+        values = [(row_id, changes[i][0].value, changes[i][1], now) for row_id, i in by_id.items()]
+        sql = (
+            "UPDATE task_state_store AS t SET value = v.new, updated_at = v.at "
+            "FROM (VALUES %s) AS v(id, old, new, at) WHERE t.id = v.id AND t.value = v.old RETURNING t.id"
+        )
+        template = "(%s::integer, %s::text, %s::text, %s::timestamptz)"
+        with self._errors():
+            cur = self.conn.cursor()
+            page: list[tuple[int, str, str, datetime]] = []
+            page_bytes = 0
+            for i, value in enumerate(values):
+                page.append(value)
+                page_bytes += len(value[1]) + len(value[2])
+                # Statements of at most ~8 MB of values or 1000 rows.
+                if page_bytes > 8_000_000 or len(page) >= 1000 or i == len(values) - 1:
+                    for (row_id,) in execute_values(cur, sql, page, template=template, page_size=len(page), fetch=True):
+                        updated[by_id[int(row_id)]] = True
+                    page, page_bytes = [], 0
+            cur.close()
+        return updated
+
     def scope_rows(self, scope: Scope, *, all_map_indices: bool = False) -> list[StateRow]:
         """The rows `clear` removes (a scope holds few keys, so a list is fine)."""
         if isinstance(scope, TaskScope):

@@ -26,7 +26,7 @@ from typing import Any
 from statectl import codec, layout
 from statectl.bucket import ObjectMissing
 from statectl.codec import Location, StoredValue
-from statectl.errors import DataError, StatectlError, UsageError
+from statectl.errors import DataError, StatectlError, UnreachableError, UsageError
 from statectl.layout import ObjectURL
 from statectl.metastore import RowFilter, StateRow
 from statectl.store import StateStore
@@ -105,13 +105,16 @@ class Report:
     failed: list[tuple[str, str]] = field(default_factory=list)
     objects_written: int = 0
     objects_deleted: int = 0
+    objects_to_write: int = 0  # planned (dry run); at most: a value under a raised threshold goes inline
+    objects_to_delete: int = 0  # planned (dry run)
     objects_left: list[tuple[str, str]] = field(default_factory=list)  # (url, why it stays)
     over_limit: list[str] = field(default_factory=list)  # values over max_value_storage_bytes
     interrupted: str | None = None
 
     @property
     def ok(self) -> bool:
-        return not (self.failed or self.changed_meanwhile or self.interrupted)
+        """Every selected row is in its target form (a skipped row is not: it needs a look)."""
+        return not (self.failed or self.changed_meanwhile or self.interrupted or self.skipped)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -120,6 +123,11 @@ class Report:
             "actions": {k: {"rows": t.rows, "bytes": t.bytes} for k, t in self.actions.items()},
             "objects_written": self.objects_written,
             "objects_deleted": self.objects_deleted,
+            **(
+                {"objects_to_write": self.objects_to_write, "objects_to_delete": self.objects_to_delete}
+                if self.dry_run
+                else {}
+            ),
             "skipped": [{"row": r, "reason": why} for r, why in self.skipped],
             "changed_meanwhile": self.changed_meanwhile,
             "failed": [{"row": r, "error": e} for r, e in self.failed],
@@ -168,6 +176,10 @@ class Migration:
         item = Item(row, stored, Action.DONE, bytes=stored.stored_bytes)
         direction = self.target.direction
         if stored.location is Location.OBJECT:
+            if direction is Direction.RELOCATE and stored.ref == str(self._target_url(row)):
+                # Moved by an earlier run: under the new base, which need not be under the configured one.
+                item.source_url = item.target_url = self._target_url(row)
+                return item
             item.source_url = self._source_object(item)
             if item.source_url is None:
                 return item
@@ -187,8 +199,9 @@ class Migration:
             if item.serialized is not None:
                 size = len(item.serialized.encode())
                 if size < self.target.threshold:
-                    item.action = Action.INLINE
                     item.target_url = None
+                    inline_done = stored.location is Location.INLINE and _is_canonical(item.serialized)
+                    item.action = Action.DONE if inline_done else Action.INLINE
                 else:
                     item.action = Action.UPLOAD
             elif str(item.target_url) == stored.ref:
@@ -208,6 +221,10 @@ class Migration:
             self._measure_objects(items)
             for item in items:
                 self._count(report, item)
+                if item.action in (Action.UPLOAD, Action.MOVE):
+                    report.objects_to_write += 1
+                if item.action in (Action.PLAIN, Action.INLINE, Action.MOVE) and item.source_url is not None:
+                    report.objects_to_delete += 0 if self.target.keep_objects else 1
             if progress:
                 progress(len(items), sum(i.bytes for i in items))
         return report
@@ -248,11 +265,14 @@ class Migration:
 
     def _run_batch(self, batch: list[StateRow], report: Report) -> None:
         items = [self.classify(row) for row in batch]
-        for _ in self.store.buckets.map(self._prepare, items):
-            pass
-        to_write = [i for i in items if i.action in (Action.UPLOAD, Action.MOVE)]
-        for _ in self.store.buckets.map(lambda i: self._write(i, report), to_write):
-            pass
+        # Rows already pointing at their target object: a missing object is reported, as in the plan.
+        self._measure_objects(
+            [i for i in items if i.action is Action.DONE and i.source_url is not None and not self._done_needs_check(i)]
+        )
+        self._fetch_sources(items)
+        for item in items:  # CPU only now (JSON): threads would only contend for the GIL
+            self._prepare(item)
+        self._write_all([i for i in items if i.action in (Action.UPLOAD, Action.MOVE)], report)
         committed = self._update_rows(items, report)
         self._delete_old_objects(committed, report)
         committed_ids = {id(i) for i in committed}
@@ -260,12 +280,23 @@ class Migration:
             if item.action in (Action.SKIP, Action.DONE) or id(item) in committed_ids:
                 self._count(report, item)
 
+    def _needs_value(self, item: Item) -> bool:
+        return item.action is not Action.SKIP and (item.action is not Action.DONE or self._done_needs_check(item))
+
+    def _fetch_sources(self, items: list[Item]) -> None:
+        """Read the referenced objects of a batch at once (one GET each, concurrently)."""
+        wanted = [i for i in items if self._needs_value(i) and i.serialized is None and i.source_url is not None]
+        texts = self.store.buckets.read_many([i.source_url for i in wanted if i.source_url is not None])
+        for item, text in zip(wanted, texts, strict=True):
+            if isinstance(text, DataError):  # missing (ObjectMissing) or undecodable
+                item.action, item.reason = Action.SKIP, text.message
+            else:
+                item.serialized = text
+                item.bytes = len(text.encode())
+
     def _prepare(self, item: Item) -> None:
         """Read the value (object rows), check it decodes, and compute the new row text."""
-        if item.action is Action.SKIP:
-            return
-        needs_value = item.action is not Action.DONE or self._done_needs_check(item)
-        if not needs_value:
+        if not self._needs_value(item):
             return
         try:
             if item.serialized is None:
@@ -290,9 +321,11 @@ class Migration:
             item.action, item.target_url = Action.INLINE, None
             item.new_text = codec.wrap_ref(serialized)
         else:
-            assert item.target_url is not None
             if item.action is Action.DONE:
                 return
+            if item.target_url is None:
+                # The stored text looked small enough to inline, but the value's json.dumps is not.
+                item.action, item.target_url = Action.UPLOAD, self._target_url(item.row)
             item.new_text = codec.wrap_ref(str(item.target_url))
         item.serialized = serialized
         if item.new_text == item.row.value:
@@ -304,41 +337,60 @@ class Migration:
             self.target.direction is Direction.TO_BUCKET and self.target.threshold > 0 and item.source_url is not None
         )
 
-    def _write(self, item: Item, report: Report) -> None:
-        """Write the target object, unless it already holds the value or may be a worker's."""
-        assert item.target_url is not None and item.serialized is not None
+    def _write_all(self, items: list[Item], report: Report) -> None:
+        """Write the target objects, except those already holding the value or maybe a worker's.
+
+        One GET per target first (missing is the usual answer); an object holding another value
+        is overwritten only if it is older than IN_FLIGHT_GRACE. Then the writes, each verified
+        before its row may point to it (Buckets.write_many).
+        """
+        if not items:
+            return
         buckets = self.store.buckets
-        try:
-            existing = buckets.read_text(item.target_url)
-        except ObjectMissing:
-            existing = None
-        except DataError:
-            existing = ""  # unreadable: replace it only if it is old
-        try:
-            if existing is not None and existing != item.serialized:
-                modified = buckets.modified(item.target_url)
-                if modified is not None and datetime.now(tz=UTC) - modified < IN_FLIGHT_GRACE:
-                    item.action = Action.SKIP
-                    item.reason = (
-                        f"object {item.target_url} holds another value and is recent: a worker may be writing "
-                        "it (re-run later)"
-                    )
-                    return
-            if existing != item.serialized:
-                buckets.write_text(item.target_url, item.serialized, self.target.compression)
+        existing = buckets.read_many([i.target_url for i in items if i.target_url is not None])
+        # Unreadable objects compare unequal to every value: replaced only if old.
+        differs = [
+            i for i, e in zip(items, existing, strict=True) if not isinstance(e, ObjectMissing) and e != i.serialized
+        ]
+        modified = buckets.modified_many([i.target_url for i in differs if i.target_url is not None])
+        now = datetime.now(tz=UTC)
+        recent = {
+            id(i)
+            for i, when in zip(differs, modified, strict=True)
+            if when is not None and now - when < IN_FLIGHT_GRACE
+        }
+        to_write: list[Item] = []
+        for item, current in zip(items, existing, strict=True):
+            if id(item) in recent:
+                item.action = Action.SKIP
+                item.reason = (
+                    f"object {item.target_url} holds another value and is recent: a worker may be writing "
+                    "it (re-run later)"
+                )
+            elif current != item.serialized:
+                to_write.append(item)
+        results = buckets.write_many(
+            [(i.target_url, i.serialized) for i in to_write if i.target_url is not None and i.serialized is not None],
+            self.target.compression,
+        )
+        for error in results:
+            if isinstance(error, UnreachableError):
+                raise error  # the store went away: stop the run before this batch changes any row
+        for item, error in zip(to_write, results, strict=True):
+            if error is None:
                 report.objects_written += 1
-        except StatectlError as e:
-            item.action, item.reason = Action.SKIP, e.message
-            report.failed.append((item.label, e.message))
+            else:
+                item.action, item.reason = Action.SKIP, error.message
+                report.failed.append((item.label, error.message))
 
     def _update_rows(self, items: list[Item], report: Report) -> list[Item]:
         """Conditional updates in one transaction; return the items committed."""
         metastore = self.store.metastore
         committed: list[Item] = []
-        for item in items:
-            if item.action in (Action.DONE, Action.SKIP) or item.new_text is None:
-                continue
-            if metastore.update_if_unchanged(item.row, item.new_text):
+        changing = [i for i in items if i.action not in (Action.DONE, Action.SKIP) and i.new_text is not None]
+        updated = metastore.update_many_if_unchanged([(i.row, i.new_text) for i in changing if i.new_text is not None])
+        for item, ok in zip(changing, updated, strict=True):
+            if ok:
                 committed.append(item)
             else:
                 report.changed_meanwhile.append(item.label)
@@ -395,6 +447,14 @@ def build_target(
             f"--to {to} and the current base path {source} contain one another; object paths could collide"
         )
     return Target(direction, new_base, codec_name, config.threshold, source, max_value_bytes=max_bytes)
+
+
+def _is_canonical(serialized: str) -> bool:
+    """The text is what json.dumps makes of its own value (so the inline ref is a worker's)."""
+    try:
+        return codec.serialize(json.loads(serialized)) == serialized
+    except ValueError:
+        return False
 
 
 def _contains(outer: ObjectURL, inner: ObjectURL) -> bool:

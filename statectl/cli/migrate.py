@@ -115,16 +115,19 @@ def _show(report: Any, fmt: Output, out: Any) -> None:
     document = report.as_dict()
     if fmt in (Output.json, Output.jsonl):
         out.write(dumps(document) + "\n")
-        return
-    records = [
-        {"action": action, "rows": tally["rows"], "bytes": tally["bytes"]}
-        for action, tally in document["actions"].items()
-        if tally["rows"]
-    ]
-    title = f"migrate {document['direction']}" + (" (dry run: nothing changed)" if report.dry_run else "")
-    write_records(records, ["action", "rows", "bytes"], fmt, out, title=title)
-    if not report.dry_run:
-        err(f"objects written: {report.objects_written}, objects deleted: {report.objects_deleted}")
+    else:
+        records = [
+            {"action": action, "rows": tally["rows"], "bytes": tally["bytes"]}
+            for action, tally in document["actions"].items()
+            if tally["rows"]
+        ]
+        title = f"migrate {document['direction']}" + (" (dry run: nothing changed)" if report.dry_run else "")
+        write_records(records, ["action", "rows", "bytes"], fmt, out, title=title)
+        if report.dry_run:
+            err(f"objects to write: {report.objects_to_write}, objects to delete: {report.objects_to_delete}")
+        else:
+            err(f"objects written: {report.objects_written}, objects deleted: {report.objects_deleted}")
+    # The rows that need a look go to stderr in every format (scripts keep stdout, logs keep these).
     for row, reason in report.skipped[:20]:
         warn(f"skipped {row}: {reason}")
     if len(report.skipped) > 20:
@@ -142,12 +145,14 @@ def _advise(store: Any, target: Any, report: Any) -> None:
 
     if report.dry_run:
         return
+    # Until every row is migrated, workers on the new configuration would misread the rest.
+    nxt = "next, on every worker" if report.ok else "once a re-run exits 0, on every worker"
     if target.direction is Direction.TO_BUCKET and store.config.worker_backend != OBJECT_STORAGE_BACKEND:
-        err(f"next, on every worker: AIRFLOW__WORKERS__STATE_STORE_BACKEND={OBJECT_STORAGE_BACKEND}")
+        err(f"{nxt}: AIRFLOW__WORKERS__STATE_STORE_BACKEND={OBJECT_STORAGE_BACKEND}")
     elif target.direction is Direction.TO_METASTORE and store.config.worker_backend:
-        err("next, on every worker: unset [workers] state_store_backend (AIRFLOW__WORKERS__STATE_STORE_BACKEND)")
+        err(f"{nxt}: unset [workers] state_store_backend (AIRFLOW__WORKERS__STATE_STORE_BACKEND)")
     elif target.direction is Direction.RELOCATE:
-        err(f"next, on every worker: AIRFLOW__COMMON_IO__STATE_STORE_OBJECTSTORAGE_PATH={target.base}")
+        err(f"{nxt}: AIRFLOW__COMMON_IO__STATE_STORE_OBJECTSTORAGE_PATH={target.base}")
         if target.compression != store.config.compression:
             err(f"and AIRFLOW__COMMON_IO__STATE_STORE_OBJECTSTORAGE_COMPRESSION={target.compression or ''}")
 

@@ -1,0 +1,130 @@
+"""Helpers for the migrate tests: the installed provider as the oracle (what a worker writes and
+reads), every state row of a metastore, and statectl's own decoding of it.
+
+Not a conftest: imported by tests/test_migrate*.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pytest
+
+from tests.infra import AirflowEnv
+
+REF_KEY = "__airflow_state_ref__"
+PROVIDER_ENV_PREFIXES = ("AIRFLOW__COMMON_IO__", "AIRFLOW__WORKERS__", "AIRFLOW_CONN_")
+
+# (task_id or None for an asset row, map_index, key)
+RowKey = tuple[str | None, int, str]
+
+
+def _provider_module() -> Any:
+    from airflow.providers.common.io.state_store import backend
+
+    return backend
+
+
+def _clear_provider_caches() -> None:
+    p = _provider_module()
+    for fn in (p._get_base_path, p._get_compression, p._get_threshold):
+        fn.cache_clear()
+
+
+@contextlib.contextmanager
+def provider(env: Mapping[str, str]) -> Iterator[Any]:
+    """The installed StateStoreObjectStorageBackend, configured from a worker's environment."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in [n for n in env if n.startswith(PROVIDER_ENV_PREFIXES)]:
+            mp.setenv(name, env[name])
+        _clear_provider_caches()
+        try:
+            yield _provider_module().StateStoreObjectStorageBackend()
+        finally:
+            _clear_provider_caches()
+    _clear_provider_caches()
+
+
+def sdk_scope(row: RowKey, dag_id: str, run_id: str, asset_name: str) -> Any:
+    from airflow.sdk.state import AssetScope, TaskScope
+
+    task_id, map_index, _ = row
+    if task_id is None:
+        return AssetScope(name=asset_name)
+    return TaskScope(dag_id, run_id, task_id, map_index)
+
+
+def worker_column(backend: Any, row: RowKey, value: Any, dag_id: str, run_id: str, asset_name: str) -> str:
+    """The column text a worker with the provider stores for a value (the provider writes its object)."""
+    scope = sdk_scope(row, dag_id, run_id, asset_name)
+    if row[0] is None:
+        ref = backend.serialize_asset_state_store_to_ref(value=value, key=row[2], scope=scope)
+    else:
+        ref = backend.serialize_task_state_store_to_ref(value=value, key=row[2], scope=scope)
+    return json.dumps({REF_KEY: ref})
+
+
+def worker_read(backend: Any, column_text: str, asset: bool = False) -> Any:
+    """What a worker with the provider reads for a column: the ref unwrapped and deserialized."""
+    document = json.loads(column_text)
+    if isinstance(document, dict) and REF_KEY in document:
+        ref = document[REF_KEY]
+        if asset:
+            return backend.deserialize_asset_state_store_from_ref(ref)
+        return backend.deserialize_task_state_store_from_ref(ref)
+    return document
+
+
+def ref_url(column_text: str) -> str | None:
+    """The object URL of a ref row, else None (plain or inline)."""
+    document = json.loads(column_text)
+    if not isinstance(document, dict) or REF_KEY not in document:
+        return None
+    ref = document[REF_KEY]
+    return ref if "://" in ref else None
+
+
+def location(column_text: str) -> str:
+    document = json.loads(column_text)
+    if not isinstance(document, dict) or REF_KEY not in document:
+        return "plain"
+    return "object" if "://" in document[REF_KEY] else "inline"
+
+
+def state_rows(env: AirflowEnv) -> dict[RowKey, str]:
+    """Every task and asset state row's column text."""
+    rows: dict[RowKey, str] = {}
+    for task_id, map_index, key, value in env.query('SELECT task_id, map_index, "key", value FROM task_state_store'):
+        rows[(task_id, int(map_index), key)] = value
+    for key, value in env.query('SELECT "key", value FROM asset_state_store'):
+        rows[(None, -1, key)] = value
+    return rows
+
+
+def core_values(environ: dict[str, str]) -> dict[RowKey, Any]:
+    """Every value as statectl's core decodes it (StateStore.decode of each row)."""
+    from statectl import codec
+    from statectl.config import Config
+    from statectl.metastore import RowFilter
+    from statectl.store import StateStore
+
+    store = StateStore(Config(environ=environ))
+    try:
+        values: dict[RowKey, Any] = {}
+        for row in store.metastore.iter_rows(RowFilter()):
+            scope = row.scope
+            where: RowKey = (
+                (scope.task_id, scope.map_index, row.key) if row.kind == "task" else (None, -1, row.key)  # type: ignore[union-attr]
+            )
+            values[where] = store.decode(codec.classify(row.value))[0]
+        return values
+    finally:
+        store.close()
+
+
+def same(got: Any, want: Any) -> bool:
+    """Equal and of the same JSON types (1 vs 1.0 vs True)."""
+    return got == want and json.dumps(got) == json.dumps(want)
