@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import errno
 import hashlib
 import inspect
 import io
@@ -380,10 +381,17 @@ def _cat_kwargs(fs: Any) -> dict[str, Any]:
 
 
 class _Sink(io.BytesIO):
-    """A buffer the codec wrapper cannot close (some codecs close the file under them)."""
+    """A buffer that behaves like a remote upload stream: the codec cannot close it, and it
+    cannot seek (zipfile then writes data descriptors, exactly as on fsspec's upload files)."""
 
     def close(self) -> None:
         pass
+
+    def seekable(self) -> bool:
+        return False
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        raise OSError(errno.ESPIPE, "Seek only available in read mode")
 
 
 def _encode(url: ObjectURL, text: str, compression: str | None) -> bytes:

@@ -102,6 +102,13 @@ def test_s3_conn_id_object_parity(s3_bucket: S3Bucket, tmp_path: Path, kind: str
         assert deserialize(ref) == VALUE
         assert s3_bucket.keys() == [s3_key]
 
+        # The batched path migrate uses (one PUT, verified by checksum) writes the same bytes.
+        client.delete_object(Bucket=s3_bucket.bucket, Key=s3_key)
+        assert Buckets().write_many([(url, encoded.object_text)], compression) == [None]
+        batched_bytes = client.get_object(Bucket=s3_bucket.bucket, Key=s3_key)["Body"].read()
+        assert normalized(batched_bytes, compression) == normalized(provider_bytes, compression)
+        assert deserialize(ref) == VALUE
+
 
 def test_s3_inline_below_threshold_writes_nothing(s3_bucket: S3Bucket, tmp_path: Path) -> None:
     provider = provider_module()
