@@ -126,16 +126,13 @@ def first_row_and_peak(cmd: list[str], env: dict[str, str], marker: str | None =
 
 def bench_ls(env: dict[str, str], run_id: str, sizes: list[int]) -> list[dict[str, object]]:
     db = Path(env["AIRFLOW_HOME"]) / "airflow.db"
-    results, seeded = [], 0
+    results = []
     for size in sizes:
-        seed_rows_delta = size - seeded
         conn = sqlite3.connect(db)
         conn.execute("DELETE FROM task_state_store WHERE task_id LIKE 'bulk_%'")
         conn.commit()
         conn.close()
         seed_rows(db, run_id, size)
-        seeded = size
-        del seed_rows_delta
         ls = first_row_and_peak([str(VENV_BIN / "statectl"), "ls", "--tasks", "-o", "jsonl"], env)
         naive = first_row_and_peak([sys.executable, "-c", NAIVE_LS], env, marker="FIRST")
         results.append(
