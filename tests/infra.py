@@ -491,3 +491,8 @@ def pg_env(server: PostgresServer, template: str, tmp_path: Path) -> AirflowEnv:
         env=airflow_base_env(home, conn),
         db_name=name,
     )
+
+
+def json_literal(value: Any) -> str:
+    """Python source that evaluates to ``value`` inside a generated DAG file (via json.loads)."""
+    return f"json.loads({json.dumps(json.dumps(value))})"

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from tests.infra import VENV_BIN, AirflowEnv, run_dag
+from tests.infra import VENV_BIN, AirflowEnv, json_literal, run_dag
 
 pytestmark = pytest.mark.slow
 
@@ -60,10 +60,6 @@ NEW_ASSET_VALUES: dict[str, Any] = {"from statectl big": {"rows": list(range(20)
 ROUNDTRIP_VALUES: dict[str, Any] = {"rt big/1": {"payload": "q" * 60}, "rt small": 3}
 
 
-def _json_literal(value: Any) -> str:
-    return f"json.loads({json.dumps(json.dumps(value))})"
-
-
 WRITER_SOURCE = f"""
 import json
 from datetime import datetime, timedelta
@@ -72,9 +68,9 @@ from airflow.sdk import Asset, dag, task
 from airflow.sdk.execution_time.context import NEVER_EXPIRE
 
 ASSET = Asset(name={ASSET_NAME!r}, uri={ASSET_URI!r})
-TASK_VALUES = {_json_literal(TASK_VALUES)}
-MAPPED_VALUES = {_json_literal(MAPPED_VALUES)}
-ASSET_VALUES = {_json_literal(ASSET_VALUES)}
+TASK_VALUES = {json_literal(TASK_VALUES)}
+MAPPED_VALUES = {json_literal(MAPPED_VALUES)}
+ASSET_VALUES = {json_literal(ASSET_VALUES)}
 
 
 @dag(dag_id={WRITER_DAG!r}, schedule=None, start_date=datetime(2024, 1, 1), catchup=False)
@@ -114,8 +110,8 @@ from airflow.sdk import Asset, dag, task
 
 STATECTL = {STATECTL!r}
 ASSET = Asset(name={ASSET_NAME!r}, uri={ASSET_URI!r})
-EXPECTED_ASSET = {_json_literal({**ASSET_VALUES, **NEW_ASSET_VALUES})}
-ROUNDTRIP_VALUES = {_json_literal(ROUNDTRIP_VALUES)}
+EXPECTED_ASSET = {json_literal({**ASSET_VALUES, **NEW_ASSET_VALUES})}
+ROUNDTRIP_VALUES = {json_literal(ROUNDTRIP_VALUES)}
 
 
 def same(got, want):

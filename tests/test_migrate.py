@@ -34,7 +34,7 @@ import pytest
 from statectl.errors import ExitCode
 from statectl.scopes import TaskScope
 from tests.cli_support import Result, core_put, core_store, db_snapshot, files_snapshot, statectl
-from tests.infra import AirflowEnv, S3Bucket, airflow_base_env, free_port, run_dag, s3_conn_env
+from tests.infra import AirflowEnv, S3Bucket, airflow_base_env, free_port, json_literal, run_dag, s3_conn_env
 from tests.migrate_support import (
     REF_KEY,
     RowKey,
@@ -81,10 +81,6 @@ def expected_values() -> dict[RowKey, Any]:
     return values
 
 
-def _json_literal(value: Any) -> str:
-    return f"json.loads({json.dumps(json.dumps(value))})"
-
-
 WRITER_SOURCE = f"""
 import json
 from datetime import datetime
@@ -92,9 +88,9 @@ from datetime import datetime
 from airflow.sdk import Asset, dag, task
 
 ASSET = Asset(name={ASSET_NAME!r}, uri={ASSET_URI!r})
-TASK_VALUES = {_json_literal(TASK_VALUES)}
-MAPPED_VALUES = {_json_literal(MAPPED_VALUES)}
-ASSET_VALUES = {_json_literal(ASSET_VALUES)}
+TASK_VALUES = {json_literal(TASK_VALUES)}
+MAPPED_VALUES = {json_literal(MAPPED_VALUES)}
+ASSET_VALUES = {json_literal(ASSET_VALUES)}
 
 
 @dag(dag_id={WRITER_DAG!r}, schedule=None, start_date=datetime(2024, 1, 1), catchup=False)
@@ -127,7 +123,7 @@ from datetime import datetime
 from airflow.sdk import Asset, dag, task
 
 ASSET = Asset(name={ASSET_NAME!r}, uri={ASSET_URI!r})
-EXPECTED = {_json_literal(ASSET_VALUES)}
+EXPECTED = {json_literal(ASSET_VALUES)}
 
 
 @dag(dag_id={READER_DAG!r}, schedule=None, start_date=datetime(2024, 1, 1), catchup=False)
