@@ -30,6 +30,7 @@ from statectl.errors import DataError, StatectlError, UnreachableError
 from statectl.layout import ObjectURL
 
 DEFAULT_CONCURRENCY = 16
+MULTIPART_FROM = 100 * 2**20  # s3fs uploads at least twice its 50 MiB chunk size in parts
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -38,6 +39,10 @@ log = logging.getLogger(__name__)
 
 class ObjectMissing(DataError):
     pass
+
+
+class ObjectExists(DataError):
+    """A create-if-absent write found something already at the path (nothing was written)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,7 @@ class Buckets:
     def __init__(self, concurrency: int = DEFAULT_CONCURRENCY) -> None:
         self.concurrency = concurrency
         self._filesystems: dict[tuple[str, str | None], Any] = {}
+        self._honours_if_absent: dict[tuple[str, str | None], bool] = {}
         self.notes: list[str] = []
 
     def fs(self, url: ObjectURL) -> Any:
@@ -115,8 +121,14 @@ class Buckets:
         except UnicodeDecodeError:
             raise DataError(f"object {url} is not UTF-8 text (wrong compression suffix?)") from None
 
-    def write_text(self, url: ObjectURL, text: str, compression: str | None) -> None:
-        """Write as the provider does, then read back and compare before anyone points to it."""
+    def write_text(self, url: ObjectURL, text: str, compression: str | None, *, if_absent: bool = False) -> None:
+        """Write as the provider does, then read back and compare before anyone points to it.
+
+        With ``if_absent`` nothing is written when an object is already there (ObjectExists);
+        only local files here, object stores through write_many.
+        """
+        if if_absent and not url.is_local:
+            raise StatectlError(f"{url.protocol}:// create-if-absent writes go through write_many")
         fs = self.fs(url)
         data = text.encode("utf-8")
         path = url.path
@@ -140,7 +152,14 @@ class Buckets:
                         f.write(data)
                 else:
                     raw.write(data)
-            if path != url.path:
+            if path != url.path and if_absent:
+                try:
+                    os.link(path, url.path)  # atomic, and refuses to replace an existing file
+                except FileExistsError:
+                    raise ObjectExists(f"object {url} already exists; nothing written") from None
+                finally:
+                    os.unlink(path)
+            elif path != url.path:
                 os.replace(path, url.path)
         except StatectlError:
             raise
@@ -273,15 +292,18 @@ class Buckets:
         return self._grouped(urls, lambda i: self.modified(urls[i]), stat_group)
 
     def write_many(
-        self, objects: Sequence[tuple[ObjectURL, str]], compression: str | None
+        self, objects: Sequence[tuple[ObjectURL, str]], compression: str | None, *, if_absent: bool = False
     ) -> list[StatectlError | None]:
         """Write objects as the provider does and verify each before anyone points to it.
 
         Per object: None when written and verified, else the error. On async filesystems the
         object's bytes are encoded here with the provider's codec (and checked to decode back
-        to the text), uploaded with one PUT, and verified with one HEAD: the stored size and
-        checksum (S3 ETag / GCS md5Hash) must be those of the bytes sent; a store that reports
-        no checksum is read back in full and compared.
+        to the text) and uploaded with one PUT; the checksum the store reports for it (S3 ETag
+        in the PUT response, else a HEAD's ETag / GCS md5Hash) must be that of the bytes sent;
+        a store that reports no checksum is read back in full and compared.
+
+        ``if_absent``: write only where nothing is (ObjectExists otherwise), atomically. Pass it
+        only for stores where :meth:`honours_if_absent` is true.
         """
 
         async def put_and_check(fs: Any, url: ObjectURL, text: str) -> StatectlError | None:
@@ -290,9 +312,18 @@ class Buckets:
                 payload = await asyncio.to_thread(_encode, url, text, compression)
             except DataError as e:
                 return e
-            await fs._pipe_file(url.path, payload)
-            info = await fs._info(url.path)
-            same = _same_bytes(info, payload)
+            # s3fs sends large objects in parts and drops the condition: check first (not atomic).
+            if if_absent and len(payload) >= MULTIPART_FROM and await _exists(fs, url.path):
+                return ObjectExists(f"object {url} already exists; nothing written")
+            try:
+                # The store checks the bytes it received (botocore sends a CRC32 checksum) and answers
+                # with their checksum: when it does, that verifies the object without a HEAD.
+                response = await fs._pipe_file(url.path, payload, **({"mode": "create"} if if_absent else {}))
+            except FileExistsError:
+                return ObjectExists(f"object {url} already exists; nothing written")
+            same = _same_bytes(response, payload) if isinstance(response, dict) else None
+            if same is None:
+                same = _same_bytes(await fs._info(url.path), payload)
             if same is None:  # no checksum to compare: read it back
                 same = _decode(url, await fs._cat_file(url.path, **_cat_kwargs(fs))) == text
             if not same:
@@ -312,14 +343,50 @@ class Buckets:
             return out
 
         urls = [url for url, _ in objects]
-        return self._grouped(urls, lambda i: self._write_or_error(*objects[i], compression), write_group)
+        return self._grouped(
+            urls, lambda i: self._write_or_error(*objects[i], compression, if_absent=if_absent), write_group
+        )
 
-    def _write_or_error(self, url: ObjectURL, text: str, compression: str | None) -> StatectlError | None:
+    def _write_or_error(
+        self, url: ObjectURL, text: str, compression: str | None, *, if_absent: bool = False
+    ) -> StatectlError | None:
         try:
-            self.write_text(url, text, compression)
+            self.write_text(url, text, compression, if_absent=if_absent)
         except StatectlError as e:
             return e
         return None
+
+    def honours_if_absent(self, base: ObjectURL) -> bool:
+        """Whether create-if-absent writes are atomic on this store: always for local files;
+        for object stores, once per store, a probe under the base path (a conditional PUT that
+        must succeed, the same again that must be refused, then a delete). A store that ignores
+        S3's If-None-Match would silently overwrite, so it is never trusted untested."""
+        if base.is_local:
+            return True
+        key = (base.protocol, base.conn_id)
+        if key not in self._honours_if_absent:
+            self._honours_if_absent[key] = self._probe_if_absent(base)
+        return self._honours_if_absent[key]
+
+    def _probe_if_absent(self, base: ObjectURL) -> bool:
+        from uuid import uuid4
+
+        from statectl.layout import reserved_url
+
+        if not self._is_async(base) or "mode" not in inspect.signature(self.fs(base)._pipe_file).parameters:
+            return False
+        probe = reserved_url(base, f"probe-{uuid4().hex}")
+        try:
+            first = self.write_many([(probe, "probe")], None, if_absent=True)[0]
+            second = self.write_many([(probe, "probe again")], None, if_absent=True)[0]
+        finally:
+            self.delete_many([probe])
+        if first is not None:
+            log.debug("conditional create probe: %s", first)
+        honoured = first is None and isinstance(second, ObjectExists)
+        if not honoured:
+            self.notes.append(f"{base.protocol}:// does not honour create-if-absent writes; checked before writing")
+        return honoured
 
     def delete_many(self, urls: list[ObjectURL]) -> list[tuple[ObjectURL, str | None]]:
         """Delete objects (missing ones count as deleted); return (url, error or None)."""
@@ -353,6 +420,14 @@ class Buckets:
         except Exception as e:
             return f"{type(e).__name__}: {e}"
         return None
+
+
+async def _exists(fs: Any, path: str) -> bool:
+    try:
+        await fs._info(path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _modified_from_info(info: dict[str, Any]) -> datetime | None:

@@ -17,6 +17,10 @@ from statectl.scopes import AssetScope, Scope, TaskScope, check_segment
 
 ASSETS_FOLDER = "assets"
 LOCAL_PROTOCOLS = frozenset({"file", "local"})
+# statectl's own short-lived objects (prune's lock, store probes) sit directly in the base path under
+# this prefix: provider objects are never there (task paths are 5 segments deep, asset paths start with
+# "assets/"), and '~' cannot occur in a dag id.
+RESERVED_PREFIX = ".statectl~"
 
 
 def quote_segment(value: str, what: str = "segment") -> str:
@@ -116,6 +120,16 @@ def object_url(base: ObjectURL, scope: Scope, key: str, compression: str | None)
     if isinstance(scope, TaskScope):
         return task_prefix(base, scope).child(str(scope.map_index), name)
     return asset_prefix(base, scope).child(name)
+
+
+def reserved_url(base: ObjectURL, name: str) -> ObjectURL:
+    """An object of statectl's own, directly in the base path (see RESERVED_PREFIX)."""
+    return base.child(RESERVED_PREFIX + name)
+
+
+def is_reserved(url: ObjectURL, base: ObjectURL) -> bool:
+    rest = url.parts[len(base.parts) :]
+    return url.parts[: len(base.parts)] == base.parts and len(rest) == 1 and rest[0].startswith(RESERVED_PREFIX)
 
 
 def looks_like_provider_ref(ref: str, base: ObjectURL) -> bool:
