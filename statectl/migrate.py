@@ -24,7 +24,7 @@ from enum import StrEnum
 from typing import Any
 
 from statectl import codec, layout
-from statectl.bucket import ObjectMissing
+from statectl.bucket import ObjectExists, ObjectMissing
 from statectl.codec import Location, StoredValue
 from statectl.errors import DataError, StatectlError, UnreachableError, UsageError
 from statectl.layout import ObjectURL
@@ -340,13 +340,21 @@ class Migration:
     def _write_all(self, items: list[Item], report: Report) -> None:
         """Write the target objects, except those already holding the value or maybe a worker's.
 
-        One GET per target first (missing is the usual answer); an object holding another value
-        is overwritten only if it is older than IN_FLIGHT_GRACE. Then the writes, each verified
-        before its row may point to it (Buckets.write_many).
+        Where the store makes create-if-absent writes atomic, one conditional PUT per target (the
+        usual case: nothing is there yet); only targets found occupied are looked at. Elsewhere one
+        GET per target first. An object holding another value is overwritten only if it is older
+        than IN_FLIGHT_GRACE. Each write is verified before its row may point to it.
         """
         if not items:
             return
         buckets = self.store.buckets
+        if self.target.base is not None and buckets.honours_if_absent(self.target.base):
+            results = buckets.write_many(self._objects(items), self.target.compression, if_absent=True)
+            outcomes = list(zip(items, results, strict=True))
+            self._record_writes([(i, e) for i, e in outcomes if not isinstance(e, ObjectExists)], report)
+            items = [i for i, e in outcomes if isinstance(e, ObjectExists)]
+            if not items:
+                return
         existing = buckets.read_many([i.target_url for i in items if i.target_url is not None])
         # Unreadable objects compare unequal to every value: replaced only if old.
         differs = [
@@ -369,14 +377,19 @@ class Migration:
                 )
             elif current != item.serialized:
                 to_write.append(item)
-        results = buckets.write_many(
-            [(i.target_url, i.serialized) for i in to_write if i.target_url is not None and i.serialized is not None],
-            self.target.compression,
-        )
-        for error in results:
+        results = buckets.write_many(self._objects(to_write), self.target.compression)
+        self._record_writes(list(zip(to_write, results, strict=True)), report)
+
+    @staticmethod
+    def _objects(items: list[Item]) -> list[tuple[ObjectURL, str]]:
+        return [(i.target_url, i.serialized) for i in items if i.target_url is not None and i.serialized is not None]
+
+    @staticmethod
+    def _record_writes(outcomes: list[tuple[Item, StatectlError | None]], report: Report) -> None:
+        for _, error in outcomes:
             if isinstance(error, UnreachableError):
                 raise error  # the store went away: stop the run before this batch changes any row
-        for item, error in zip(to_write, results, strict=True):
+        for item, error in outcomes:
             if error is None:
                 report.objects_written += 1
             else:

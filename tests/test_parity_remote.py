@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from statectl import codec
-from statectl.bucket import Buckets
+from statectl.bucket import Buckets, ObjectExists
 from statectl.codec import Location
 from statectl.config import Config
 from statectl.layout import ObjectURL
@@ -107,6 +107,13 @@ def test_s3_conn_id_object_parity(s3_bucket: S3Bucket, tmp_path: Path, kind: str
         assert Buckets().write_many([(url, encoded.object_text)], compression) == [None]
         batched_bytes = client.get_object(Bucket=s3_bucket.bucket, Key=s3_key)["Body"].read()
         assert normalized(batched_bytes, compression) == normalized(provider_bytes, compression)
+        assert deserialize(ref) == VALUE
+
+        # ... and so does its create-if-absent variant (a conditional PUT).
+        client.delete_object(Bucket=s3_bucket.bucket, Key=s3_key)
+        assert Buckets().write_many([(url, encoded.object_text)], compression, if_absent=True) == [None]
+        conditional_bytes = client.get_object(Bucket=s3_bucket.bucket, Key=s3_key)["Body"].read()
+        assert normalized(conditional_bytes, compression) == normalized(provider_bytes, compression)
         assert deserialize(ref) == VALUE
 
 
@@ -229,3 +236,46 @@ def zip_members(data: bytes) -> list[tuple[str, bytes]]:
 
     with zipfile.ZipFile(io.BytesIO(data)) as z:
         return [(name, z.read(name)) for name in z.namelist()]
+
+
+# -- create-if-absent writes (migrate's one-PUT path, prune's lock) ---------------------------------
+
+
+def _if_absent_semantics(buckets: Buckets, base: ObjectURL, listing: Any) -> bool:
+    """Probe the store, then check what create-if-absent means there; return what the probe said."""
+    honoured = buckets.honours_if_absent(base)
+    assert listing() == []  # the probe removed its object
+    url = base.child("dag", "run", "task", "-1", "key.gz")
+    assert buckets.write_many([(url, '{"v": 1}')], "gzip", if_absent=honoured) == [None]
+    if honoured:
+        [occupied] = buckets.write_many([(url, '{"v": 2}')], "gzip", if_absent=True)
+        assert isinstance(occupied, ObjectExists)
+        assert buckets.read_text(url) == '{"v": 1}'  # untouched
+    assert buckets.write_many([(url, '{"v": 3}')], "gzip") == [None]  # a plain write still overwrites
+    assert buckets.read_text(url) == '{"v": 3}'
+    return honoured
+
+
+def test_if_absent_on_local_files(tmp_path: Path) -> None:
+    base = ObjectURL.parse((tmp_path / "state").as_uri())
+    listing = lambda: sorted(p.name for p in (tmp_path / "state").glob(".*"))  # noqa: E731
+    (tmp_path / "state").mkdir()
+    assert _if_absent_semantics(Buckets(), base, listing) is True
+    assert not [p for p in (tmp_path / "state").rglob("*.tmp")]  # no temporary file left behind
+
+
+def test_if_absent_on_s3_through_conn_id(s3_bucket: S3Bucket, monkeypatch: pytest.MonkeyPatch) -> None:
+    for k, v in s3_bucket.conn_env.items():
+        monkeypatch.setenv(k, v)
+    base = ObjectURL.parse(s3_bucket.url("state"))
+    # moto, like AWS S3 since 2024, refuses a PUT with If-None-Match: * onto an existing key.
+    assert _if_absent_semantics(Buckets(), base, s3_bucket.keys) is True
+
+
+def test_if_absent_on_gcs(gcs_bucket: GcsBucket, monkeypatch: pytest.MonkeyPatch) -> None:
+    for k, v in gcs_bucket.env.items():
+        monkeypatch.setenv(k, v)
+    base = ObjectURL.parse(gcs_bucket.url("state"))
+    fs = gcs_bucket.fs()
+    # Whatever the emulator does with ifGenerationMatch=0, statectl only relies on what the probe saw.
+    _if_absent_semantics(Buckets(), base, lambda: [p for p in fs.find(gcs_bucket.bucket) if "statectl~" in p])
