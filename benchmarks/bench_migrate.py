@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,52 @@ def make_value(seq: int, size: int, pool: str, rng: random.Random) -> str:
     return json.dumps({"seq": seq, "blob": pool[start : start + room]})
 
 
+def _count_moto_requests() -> Counter[str]:
+    """Count the requests moto's server answers, by HTTP method (its app is the same object for all)."""
+    from moto.moto_server import threaded_moto_server
+
+    counts: Counter[str] = Counter()
+    app_class = threaded_moto_server.DomainDispatcherApplication
+    serve = app_class.__call__
+
+    def counting(self: Any, environ: dict[str, Any], start_response: Any) -> Any:
+        counts[environ["REQUEST_METHOD"]] += 1
+        return serve(self, environ, start_response)
+
+    app_class.__call__ = counting  # type: ignore[method-assign]
+    return counts
+
+
+# The emulator's own limit, for scale: the objects statectl wrote, fetched (timed: what any tool must at
+# least do to move them into the metastore) and then uploaded again, already compressed (timed: the least
+# any tool must do to move them to the bucket), with as many requests in flight as statectl uses.
+FLOOR = """
+import asyncio, json, sys, time
+import s3fs
+from fsspec.asyn import sync
+endpoint, bucket, concurrency = sys.argv[1], sys.argv[2], int(sys.argv[3])
+fs = s3fs.S3FileSystem(key="statectl", secret="statectl", client_kwargs={"endpoint_url": endpoint,
+                       "region_name": "us-east-1"})
+keys = sorted(fs.find(bucket))
+async def run_all(make):
+    semaphore = asyncio.Semaphore(concurrency)
+    async def one(key):
+        async with semaphore:
+            return await make(key)
+    return await asyncio.gather(*(one(k) for k in keys))
+start = time.perf_counter()
+bodies = sync(fs.loop, run_all, lambda k: fs._cat_file(k, max_concurrency=1))
+get_s = time.perf_counter() - start
+fs.rm(keys)
+payload = dict(zip(keys, bodies))
+start = time.perf_counter()
+sync(fs.loop, run_all, lambda k: fs._pipe_file(k, payload[k]))
+put_s = time.perf_counter() - start
+print(json.dumps({"objects": len(keys), "bytes": sum(map(len, bodies)), "get_s": round(get_s, 2),
+                  "put_s": round(put_s, 2)}))
+"""
+
+
 class Bed:
     """PostgreSQL + moto S3 + Airflow configuration shared by every run."""
 
@@ -155,6 +202,7 @@ class Bed:
         if bin_dir is None:
             sys.exit("no PostgreSQL server binaries (apt-get install -y postgresql)")
         self.pg = start_postgres(bin_dir)
+        self.requests = _count_moto_requests()
         self.moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self.moto.start()
         host, port = self.moto.get_host_and_port()
@@ -273,6 +321,7 @@ class Bed:
     # -- the runs -----------------------------------------------------------------------
     def statectl(self, direction: str, *options: str) -> dict[str, Any]:
         cmd = ["/usr/bin/time", "-f", "%M", STATECTL, "migrate", direction, "--yes", "-o", "json", *options]
+        before = Counter(self.requests)
         start = time.perf_counter()
         proc = subprocess.run(cmd, env=self.backend_env, capture_output=True, text=True, check=False)
         seconds = time.perf_counter() - start
@@ -287,15 +336,29 @@ class Bed:
             "objects_written": summary["objects_written"],
             "objects_deleted": summary["objects_deleted"],
             "ok": summary["ok"],
+            "s3_requests": dict(self.requests - before),
         }
 
     def naive(self, code: str) -> dict[str, Any]:
+        before = Counter(self.requests)
         start = time.perf_counter()
         proc = subprocess.run([PYTHON, "-c", code, self.dsn], env=self.backend_env, capture_output=True, text=True)
         seconds = time.perf_counter() - start
         if proc.returncode != 0:
             raise RuntimeError(f"naive baseline failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-        return {"seconds": round(seconds, 2), "rows": int(proc.stdout.strip().splitlines()[-1])}
+        return {
+            "seconds": round(seconds, 2),
+            "rows": int(proc.stdout.strip().splitlines()[-1]),
+            "s3_requests": dict(self.requests - before),
+        }
+
+    def floor(self, concurrency: int) -> dict[str, Any]:
+        """Time bare concurrent GETs and PUTs of the objects in the bucket (which stay as they were)."""
+        args = [PYTHON, "-c", FLOOR, self.bucket.endpoint_url, self.bucket.bucket, str(concurrency)]
+        proc = subprocess.run(args, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"floor run failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+        return json.loads(proc.stdout)
 
 
 def load() -> str:
@@ -336,6 +399,9 @@ def side_by_side(bed: Bed, args: argparse.Namespace) -> dict[str, Any]:
     s_tb2 = bed.statectl("to-bucket")
     in_bucket2 = bed.state()
     log(f"  {s_tb2}")
+    log("emulator floor: bare concurrent GETs, then PUTs of the same objects")
+    floor = bed.floor(args.concurrency)
+    log(f"  {floor}")
     log("statectl migrate to-metastore")
     s_tm = bed.statectl("to-metastore")
     back = bed.state()
@@ -349,13 +415,18 @@ def side_by_side(bed: Bed, args: argparse.Namespace) -> dict[str, Any]:
             "statectl_runs": [s_tb1, s_tb2],
             "naive_s": n_tb["seconds"],
             "ratio_naive_over_statectl": round(n_tb["seconds"] / s_tb, 1),
+            "emulator_floor_s": floor["put_s"],
+            "ratio_naive_over_floor": round(n_tb["seconds"] / floor["put_s"], 1),
         },
         "to_metastore": {
             "statectl_s": s_tm["seconds"],
             "statectl_run": s_tm,
             "naive_s": n_tm["seconds"],
             "ratio_naive_over_statectl": round(n_tm["seconds"] / s_tm["seconds"], 1),
+            "emulator_floor_s": floor["get_s"],
+            "ratio_naive_over_floor": round(n_tm["seconds"] / floor["get_s"], 1),
         },
+        "emulator_floor": floor,
         "checks": {
             "to_bucket_same_rows_as_naive": in_bucket["values_md5"] == naive_in_bucket["values_md5"],
             "to_bucket_same_object_count_as_naive": in_bucket["objects"] == naive_in_bucket["objects"],
@@ -397,6 +468,7 @@ def main() -> None:
     parser.add_argument("--compression", default="gzip")
     parser.add_argument("--seed", type=int, default=20260101)
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight for the floor runs")
     args = parser.parse_args()
 
     report: dict[str, Any] = {
