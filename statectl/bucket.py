@@ -181,6 +181,17 @@ class Buckets:
             raise _unreachable(url, e) from None
         return ObjectInfo(url, info.get("size"), True)
 
+    def stat_modified(self, url: ObjectURL) -> tuple[ObjectInfo, datetime | None]:
+        """Existence, size and last-modified time (UTC, None if unknown) from one request."""
+        fs = self.fs(url)
+        try:
+            info = fs.info(url.path)
+        except FileNotFoundError:
+            return ObjectInfo(url, None, False), None
+        except Exception as e:
+            raise _unreachable(url, e) from None
+        return ObjectInfo(url, info.get("size"), True), _modified_from_info(info)
+
     def probe(self, url: ObjectURL) -> None:
         """Fail early if the store behind a base path cannot be reached (a listing, no writes)."""
         fs = self.fs(url)

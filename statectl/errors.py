@@ -18,6 +18,7 @@ class ExitCode(IntEnum):
     DATA = 6  # stored data is wrong: missing or corrupt object, ref outside the base path
     TOO_LARGE = 7  # value over [state_store] max_value_storage_bytes (use --force)
     PARTIAL = 8  # a long operation finished but some items failed
+    UNHEALTHY = 11  # `statectl doctor` found at least one failing check
 
 
 class StatectlError(Exception):

@@ -241,6 +241,11 @@ class Metastore:
         # Keep the addressing the user chose: the provider names the folder after it.
         return AssetScope(name=scope.name, uri=scope.uri, asset_id=int(row[0]))
 
+    def asset_identity(self, asset_id: int) -> tuple[str | None, str | None]:
+        """(name, uri) of an asset row."""
+        row = self._fetchone("SELECT name, uri FROM asset WHERE id = ?", (asset_id,))
+        return (None, None) if row is None else (row[0], row[1])
+
     # -- rows -----------------------------------------------------------------------
     _TASK_COLUMNS = 'id, dag_id, run_id, task_id, map_index, "key", value, updated_at, expires_at'
 

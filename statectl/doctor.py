@@ -1,0 +1,490 @@
+"""`doctor`: check an installation end to end; each finding says what is wrong and how to fix it.
+
+Every check is a small function registered with :func:`check`; one failing check (a database
+that is down, a missing library) never stops the others. Findings never hold secrets: the
+database password and the connection's credentials are scrubbed from every line.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import cached_property
+from typing import Any
+from uuid import uuid4
+
+from statectl import layout
+from statectl.config import OBJECT_STORAGE_BACKEND, SERVER_BACKEND, Config, url_password
+from statectl.errors import ConfigError, StatectlError
+from statectl.layout import ObjectURL
+from statectl.metastore import RowFilter
+from statectl.store import StateStore
+
+METASTORE_SERVER_BACKEND = SERVER_BACKEND.default
+# Distributions whose versions matter here (read from metadata: no import).
+DISTRIBUTIONS = (
+    "statectl",
+    "apache-airflow",
+    "apache-airflow-core",
+    "apache-airflow-task-sdk",
+    "apache-airflow-providers-common-io",
+    "apache-airflow-providers-amazon",
+    "apache-airflow-providers-google",
+    "fsspec",
+    "s3fs",
+    "gcsfs",
+)
+MIN_AIRFLOW_CORE = (3, 3)
+MIN_PROVIDER = (1, 8)  # the first common-io release with StateStoreObjectStorageBackend
+
+
+class Status(StrEnum):
+    OK = "ok"
+    WARN = "warn"
+    FAIL = "fail"
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return {"check": self.check, "status": self.status.value, "detail": self.detail, "fix": self.fix}
+
+
+@dataclass
+class DoctorReport:
+    findings: list[Finding]
+    settings: list[dict[str, str]] = field(default_factory=list)
+    versions: dict[str, str | None] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        return any(f.status is Status.FAIL for f in self.findings)
+
+    @property
+    def status(self) -> Status:
+        statuses = {f.status for f in self.findings}
+        return Status.FAIL if Status.FAIL in statuses else Status.WARN if Status.WARN in statuses else Status.OK
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status.value,
+            "findings": [f.as_dict() for f in self.findings],
+            "settings": self.settings,
+            "versions": self.versions,
+        }
+
+
+class Context:
+    """What the checks share: the configuration, the store, results of earlier checks, the secrets."""
+
+    def __init__(self, config: Config, concurrency: int) -> None:
+        self.config = config
+        self.store = StateStore(config, concurrency=concurrency)
+        self.secrets: set[str] = set()
+        password = url_password(config.sql_alchemy_conn)
+        if password:
+            self.secrets.add(password)
+        self.bucket_ok = False
+        self.connection_missing = False
+
+    @cached_property
+    def base(self) -> ObjectURL | None:
+        """The base path, or None when not configured or unusable (the base_path check reports it)."""
+        try:
+            return self.store.base
+        except ConfigError:
+            return None
+
+    def scrub(self, text: str) -> str:
+        for secret in sorted(self.secrets, key=len, reverse=True):
+            if len(secret) >= 3:
+                text = text.replace(secret, "***")
+        return text
+
+
+CheckFunction = Callable[[Context], Iterator[Finding]]
+CHECKS: list[tuple[str, str, CheckFunction]] = []
+
+
+def check(name: str, fix: str) -> Callable[[CheckFunction], CheckFunction]:
+    """Register a check; ``fix`` is the line shown when it raises instead of reporting."""
+
+    def register(function: CheckFunction) -> CheckFunction:
+        CHECKS.append((name, fix, function))
+        return function
+
+    return register
+
+
+def ok(name: str, detail: str) -> Finding:
+    return Finding(name, Status.OK, detail)
+
+
+# --------------------------------------------------------------------------- versions
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+
+
+def installed_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in DISTRIBUTIONS:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+@check("versions", "install Airflow >= 3.3 and apache-airflow-providers-common-io >= 1.8 (as on the workers)")
+def check_versions(ctx: Context) -> Iterator[Finding]:
+    versions = installed_versions()
+    listed = ", ".join(f"{name} {v}" for name, v in versions.items() if v)
+    core = versions["apache-airflow-core"] or versions["apache-airflow"]
+    if core is None or _version_tuple(core) < MIN_AIRFLOW_CORE:
+        yield Finding(
+            "versions",
+            Status.FAIL,
+            f"Airflow {core or 'not installed'}: the state store needs Airflow 3.3 ({listed})",
+            "pip install 'apache-airflow>=3.3' in statectl's environment (the same version as the deployment)",
+        )
+        return
+    provider = versions["apache-airflow-providers-common-io"]
+    if provider is None or _version_tuple(provider) < MIN_PROVIDER:
+        status = Status.FAIL if ctx.config.worker_backend == OBJECT_STORAGE_BACKEND else Status.WARN
+        yield Finding(
+            "versions",
+            status,
+            f"apache-airflow-providers-common-io {provider or 'not installed'}: "
+            f"StateStoreObjectStorageBackend needs 1.8.0 or later ({listed})",
+            "pip install 'apache-airflow-providers-common-io>=1.8' here and on every worker",
+        )
+        return
+    yield ok("versions", listed)
+
+
+# --------------------------------------------------------------------------- metastore
+
+
+@check("metastore", "check [database] sql_alchemy_conn (host, port, user, password, database)")
+def check_metastore(ctx: Context) -> Iterator[Finding]:
+    metastore = ctx.store.metastore
+    try:
+        metastore.check_schema()
+    except ConfigError as e:
+        yield Finding(
+            "metastore",
+            Status.FAIL,
+            e.message,
+            "point [database] sql_alchemy_conn at the deployment's DB, or run `airflow db migrate` (Airflow >= 3.3)",
+        )
+        return
+    tasks = metastore.count_rows(RowFilter(assets=False))
+    assets = metastore.count_rows(RowFilter(tasks=False))
+    yield ok(
+        "metastore",
+        f"{metastore.display_url} reachable; state tables present ({tasks} task rows, {assets} asset rows)",
+    )
+
+
+@check("server_backend", "set [state_store] backend to the metastore backend or leave it unset")
+def check_server_backend(ctx: Context) -> Iterator[Finding]:
+    backend = ctx.config.value(SERVER_BACKEND).strip()
+    if backend == METASTORE_SERVER_BACKEND:
+        yield ok("server_backend", f"[state_store] backend = {backend}")
+        return
+    yield Finding(
+        "server_backend",
+        Status.WARN,
+        f"[state_store] backend is {backend!r}, not {METASTORE_SERVER_BACKEND}: `airflow state-store clean` "
+        "deletes nothing, and statectl only sees what that backend keeps in the state tables",
+        f"unset [state_store] backend (default {METASTORE_SERVER_BACKEND}) unless the custom backend is intended",
+    )
+
+
+@check("retention", "set [state_store] default_retention_days to 0 (no expiry) or more")
+def check_retention(ctx: Context) -> Iterator[Finding]:
+    try:
+        days = ctx.config.retention_days
+    except ConfigError as e:
+        yield Finding(
+            "retention",
+            Status.FAIL,
+            f"{e.message}: workers raise ValueError on every set() without retention=",
+            "set [state_store] default_retention_days to 0 (no expiry) or more",
+        )
+        return
+    if days == 0:
+        yield Finding(
+            "retention",
+            Status.WARN,
+            "[state_store] default_retention_days = 0: task values never expire; `airflow state-store clean` "
+            "finds nothing and `statectl prune` only finds orphan objects",
+            "set [state_store] default_retention_days (e.g. 30) unless state should live forever",
+        )
+        return
+    yield ok("retention", f"task values expire after {days} days unless the task sets retention")
+
+
+# --------------------------------------------------------------------------- workers' backend
+
+
+@check("worker_backend", "set [workers] state_store_backend to an importable class path, or empty")
+def check_worker_backend(ctx: Context) -> Iterator[Finding]:
+    dotted = ctx.config.worker_backend
+    if not dotted:
+        yield ok("worker_backend", "[workers] state_store_backend is empty: workers keep values in the metastore")
+        return
+    module_name, _, class_name = dotted.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as e:
+        yield Finding(
+            "worker_backend",
+            Status.FAIL,
+            f"[workers] state_store_backend {dotted!r} does not import ({type(e).__name__}: {e}); workers fail "
+            "with 'Could not load worker state backend' at the first state store access",
+            f"fix the class path (the provider's is {OBJECT_STORAGE_BACKEND}) and install its package on every worker",
+        )
+        return
+    if dotted != OBJECT_STORAGE_BACKEND:
+        yield Finding(
+            "worker_backend",
+            Status.WARN,
+            f"[workers] state_store_backend is {cls.__module__}.{cls.__qualname__}: statectl reads and writes "
+            "only as the object storage backend or no backend does",
+            f"use {OBJECT_STORAGE_BACKEND}, or pass --backend to statectl knowing values may differ",
+        )
+        return
+    yield ok("worker_backend", f"{dotted} imports")
+
+
+@check(
+    "base_path",
+    "set [common.io] state_store_objectstorage_path to a URL with a scheme: file:///data/state, s3://conn@bucket/state",
+)
+def check_base_path(ctx: Context) -> Iterator[Finding]:
+    path = ctx.config.base_path
+    offloads = bool(ctx.config.worker_backend)
+    if path is None:
+        if offloads:
+            yield Finding(
+                "base_path",
+                Status.FAIL,
+                "[workers] state_store_backend is set but [common.io] state_store_objectstorage_path is empty: "
+                "workers still start, write objects relative to their working directory (the provider's "
+                "ObjectStoragePath('') is '.') and store refs without a scheme, which no reader recognizes",
+                "set [common.io] state_store_objectstorage_path (AIRFLOW__COMMON_IO__STATE_STORE_OBJECTSTORAGE_PATH) "
+                "on every worker, e.g. s3://conn_id@bucket/state",
+            )
+        else:
+            yield ok("base_path", "no object storage base path (workers keep values in the metastore)")
+        return
+    layout.parse_base_path(path)  # raises with the fix for a path without a scheme
+    if not offloads:
+        yield Finding(
+            "base_path",
+            Status.WARN,
+            f"a base path {path} is configured but [workers] state_store_backend is empty: workers do not offload",
+            f"set [workers] state_store_backend = {OBJECT_STORAGE_BACKEND} to offload, or unset the path",
+        )
+        return
+    yield ok("base_path", f"workers offload under {path}")
+
+
+@check("compression", "set [common.io] state_store_objectstorage_compression to gzip, bz2, xz, lzma, zip or empty")
+def check_compression(ctx: Context) -> Iterator[Finding]:
+    compression = ctx.config.compression
+    if compression is None:
+        yield ok("compression", "objects are written uncompressed")
+        return
+    try:
+        suffix = layout.compression_suffix(compression)
+    except ConfigError as e:
+        library = {"zstd": "zstandard", "lz4": "lz4"}.get(compression)
+        yield Finding(
+            "compression",
+            Status.FAIL,
+            f"{e.message}; the provider raises 'Compression ... is not supported' on every offloaded write",
+            (f"pip install {library} here and on every worker, or " if library else "")
+            + "set [common.io] state_store_objectstorage_compression to gzip (or bz2, xz, lzma, zip), or empty",
+        )
+        return
+    if compression in ("zstd", "lz4"):
+        library = "zstandard" if compression == "zstd" else "lz4"
+        yield Finding(
+            "compression",
+            Status.WARN,
+            f"{compression} ({suffix}) works here, but every worker and reader needs the {library!r} library "
+            "or it fails to write and to read these objects",
+            f"pip install {library} on every worker image, or use gzip",
+        )
+        return
+    yield ok("compression", f"{compression}: objects end in {suffix}")
+
+
+@check("threshold", "set [common.io] state_store_objectstorage_threshold to an integer >= 0")
+def check_threshold(ctx: Context) -> Iterator[Finding]:
+    threshold = ctx.config.threshold
+    limit = ctx.config.max_value_bytes
+    if ctx.config.worker_backend and limit > 0 and threshold > limit:
+        yield Finding(
+            "threshold",
+            Status.WARN,
+            f"state_store_objectstorage_threshold {threshold} > [state_store] max_value_storage_bytes {limit}: "
+            f"values of {limit} to {threshold} bytes stay inline in the row; workers only log a warning and "
+            "the server stores them, but the REST API refuses to write such values (and `statectl put` "
+            "without --force)",
+            f"lower the threshold below {limit} (inline refs are JSON-escaped: keep it under half, e.g. "
+            f"{limit // 2}) or raise max_value_storage_bytes",
+        )
+        return
+    yield ok("threshold", f"values of {threshold} bytes or more go to objects (max_value_storage_bytes {limit})")
+
+
+# --------------------------------------------------------------------------- connection and bucket
+
+
+@check("connection", "define the connection (AIRFLOW_CONN_<ID>, a secrets backend or `airflow connections add`)")
+def check_connection(ctx: Context) -> Iterator[Finding]:
+    base = ctx.base
+    if base is None or base.is_local:
+        yield ok("connection", "no connection needed" + (f" for {base.protocol}://" if base else ""))
+        return
+    if not base.conn_id:
+        yield ok("connection", f"{base.protocol}:// without a conn_id: the filesystem's default credentials")
+        return
+    env_var = f"AIRFLOW_CONN_{base.conn_id.upper()}"
+    from airflow.sdk import Connection
+
+    try:
+        conn = Connection.get(base.conn_id)
+    except Exception as e:
+        if type(e).__name__ != "AirflowNotFoundException":
+            raise
+        ctx.connection_missing = True
+        yield Finding(
+            "connection",
+            Status.FAIL,
+            f"connection {base.conn_id!r} (from the base path) not found here; workers resolve it the same way "
+            f"(note: {env_var} may be set only on the workers)",
+            f"set {env_var} (or add the connection to the metadata DB or a secrets backend) where statectl runs",
+        )
+        return
+    for secret in (conn.password, *_extra_secrets(conn)):
+        if secret:
+            ctx.secrets.add(str(secret))
+    yield ok("connection", f"connection {base.conn_id!r} found (type {conn.conn_type})")
+
+
+def _extra_secrets(conn: Any) -> list[str]:
+    try:
+        extra = conn.extra_dejson
+    except Exception:
+        return []
+    return [str(v) for k, v in extra.items() if re.search(r"secret|password|token|key", k, re.I) and v]
+
+
+@check("bucket", "make the base path reachable and writable for statectl and the workers")
+def check_bucket(ctx: Context) -> Iterator[Finding]:
+    base = ctx.base
+    if base is None:
+        yield ok("bucket", "no bucket configured")
+        return
+    if ctx.connection_missing:
+        # Without it the filesystem falls back to default credentials and endpoint: another store.
+        yield Finding("bucket", Status.WARN, f"{base} not probed: its connection was not found", "see connection")
+        return
+    buckets = ctx.store.buckets
+    try:
+        compression = ctx.config.compression
+        suffix = layout.compression_suffix(compression)
+    except ConfigError:
+        compression, suffix = None, ""  # reported by the compression check; probe the store itself
+    probe = layout.reserved_url(base, f"doctor-{uuid4().hex}{suffix}")
+    text = '{"statectl": "doctor probe"}'
+    try:
+        buckets.write_text(probe, text, compression)  # reads it back and compares
+        if buckets.read_text(probe) != text:
+            raise StatectlError(f"probe object {probe} read back different bytes")
+    except StatectlError as e:
+        yield Finding(
+            "bucket",
+            Status.FAIL,
+            f"write/read probe under {base} failed: {e.message}",
+            "check the endpoint, the bucket name and the credentials/permissions for the base path (write, read, "
+            "delete)",
+        )
+        return
+    finally:
+        errors = [error for _, error in buckets.delete_many([probe]) if error]
+    if errors:
+        yield Finding(
+            "bucket",
+            Status.FAIL,
+            f"wrote and read {probe}, but could not delete it: {errors[0]}",
+            f"grant delete permission under {base} and remove {probe} by hand",
+        )
+        return
+    ctx.bucket_ok = True
+    yield ok("bucket", f"wrote, read back ({compression or 'uncompressed'}) and deleted a probe under {base}")
+
+
+@check("create_if_absent", "use a store that honours conditional writes (If-None-Match) for prune's lock")
+def check_create_if_absent(ctx: Context) -> Iterator[Finding]:
+    base = ctx.base
+    if base is None or not ctx.bucket_ok:
+        return
+    if ctx.store.buckets.honours_if_absent(base):
+        yield ok("create_if_absent", f"{base.protocol}:// honours atomic create-if-absent writes")
+        return
+    yield Finding(
+        "create_if_absent",
+        Status.WARN,
+        f"{base.protocol}:// does not honour atomic create-if-absent writes: statectl checks before writing "
+        "(not atomic), so two statectl runs at once could both take prune's lock",
+        "run one `statectl prune` at a time against this bucket",
+    )
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _run_check(ctx: Context, name: str, fix: str, function: CheckFunction) -> list[Finding]:
+    try:
+        return list(function(ctx))
+    except StatectlError as e:
+        return [Finding(name, Status.FAIL, e.message, fix)]
+    except Exception as e:  # an unexpected error in one check must not hide the others
+        return [Finding(name, Status.FAIL, f"{type(e).__name__}: {e}", fix)]
+
+
+def run_doctor(make_config: Callable[[], Config], concurrency: int = 16) -> DoctorReport:
+    """Run every check; a configuration that cannot even be read is the one fatal finding."""
+    try:
+        config = make_config()
+    except StatectlError as e:
+        fix = "fix the Airflow configuration (airflow.cfg, AIRFLOW__* variables, *_cmd / *_secret sources)"
+        return DoctorReport([Finding("config", Status.FAIL, e.message, fix)], versions=installed_versions())
+    ctx = Context(config, concurrency)
+    settings = [{"setting": s.option.name, "value": s.display_value, "source": s.source} for s in config.describe()]
+    where = "" if config.config_file.is_file() else " (absent)"
+    findings = [ok("config", f"AIRFLOW__* variables, {config.config_file}{where}, Airflow's defaults")]
+    try:
+        for name, fix, function in CHECKS:
+            findings.extend(_run_check(ctx, name, fix, function))
+    finally:
+        ctx.store.close()
+    findings = [Finding(f.check, f.status, ctx.scrub(f.detail), ctx.scrub(f.fix)) for f in findings]
+    settings = [{k: ctx.scrub(v) for k, v in setting.items()} for setting in settings]
+    return DoctorReport(findings, settings, installed_versions())
