@@ -46,6 +46,15 @@ class ObjectExists(DataError):
 
 
 @dataclass(frozen=True)
+class ListedObject:
+    """One object of a listing: its filesystem path, size and last-modified time (UTC)."""
+
+    path: str
+    size: int | None
+    modified: datetime | None
+
+
+@dataclass(frozen=True)
 class ObjectInfo:
     url: ObjectURL
     size: int | None
@@ -209,6 +218,81 @@ class Buckets:
         except Exception:
             return None
         return _modified_from_info(info)
+
+    # -- listing --------------------------------------------------------------------
+    def iter_listing(self, url: ObjectURL, prefix: str = "") -> Iterator[ListedObject]:
+        """Every object below ``url`` whose path relative to it starts with ``prefix``, streamed in
+        plain str order of the path (= UTF-8 byte order, the order object stores list keys in).
+
+        Local files: a sorted walk that holds one directory's names per level. S3 / GCS: the
+        paginated listing, page by page, with size and last-modified from the listing itself.
+        """
+        try:
+            if url.is_local:
+                yield from _walk_sorted(url.path, prefix)
+            elif url.protocol in ("s3", "s3a"):
+                yield from self._list_s3(url, prefix)
+            elif url.protocol in ("gs", "gcs"):
+                yield from self._list_gcs(url, prefix)
+            else:
+                # No streaming listing known for this store: fsspec's find() holds the whole listing.
+                fs = self.fs(url)
+                found = fs.find(f"{url.path}/{prefix}".rstrip("/"), detail=True)
+                for path in sorted(found):
+                    if path.startswith(f"{url.path}/{prefix}"):
+                        info = found[path]
+                        yield ListedObject(path, info.get("size"), _modified_from_info(info))
+        except StatectlError:
+            raise
+        except FileNotFoundError:
+            return
+        except Exception as e:
+            raise _unreachable(url, e) from None
+
+    def _list_pages(self, url: ObjectURL, fetch_page: Callable[[Any, str | None], Awaitable[Any]]) -> Iterator[Any]:
+        """Pages of a listing, one request each on the filesystem's loop (a page is at most 1000 keys)."""
+        from fsspec.asyn import sync
+
+        fs = self.fs(url)
+        token: str | None = None
+        while True:
+            page, token = sync(fs.loop, fetch_page, fs, token)
+            yield page
+            if not token:
+                return
+
+    def _list_s3(self, url: ObjectURL, prefix: str) -> Iterator[ListedObject]:
+        bucket, _, key = url.path.partition("/")
+        key_prefix = f"{key}/{prefix}" if key else prefix
+
+        async def fetch(fs: Any, token: str | None) -> tuple[list[dict[str, Any]], str | None]:
+            kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": key_prefix, **getattr(fs, "req_kw", {})}
+            if token:
+                kwargs["ContinuationToken"] = token
+            out = await fs._call_s3("list_objects_v2", **kwargs)
+            return out.get("Contents", []), (out.get("NextContinuationToken") if out.get("IsTruncated") else None)
+
+        for page in self._list_pages(url, fetch):
+            for item in page:
+                if not item["Key"].endswith("/"):  # folder markers some tools create are no objects
+                    modified = item.get("LastModified")
+                    yield ListedObject(f"{bucket}/{item['Key']}", item.get("Size"), _as_utc(modified))
+
+    def _list_gcs(self, url: ObjectURL, prefix: str) -> Iterator[ListedObject]:
+        bucket, _, key = url.path.partition("/")
+        key_prefix = f"{key}/{prefix}" if key else prefix
+
+        async def fetch(fs: Any, token: str | None) -> tuple[list[dict[str, Any]], str | None]:
+            params: dict[str, Any] = {"prefix": key_prefix or None, "maxResults": 1000}
+            if token:
+                params["pageToken"] = token
+            out = await fs._call("GET", "b/{}/o", bucket, json_out=True, **params)
+            return out.get("items", []), out.get("nextPageToken")
+
+        for page in self._list_pages(url, fetch):
+            for item in page:
+                if not item["name"].endswith("/"):
+                    yield ListedObject(f"{bucket}/{item['name']}", int(item.get("size", 0)), _modified_from_info(item))
 
     # -- many objects ---------------------------------------------------------------
     def map(self, func: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
@@ -431,6 +515,44 @@ class Buckets:
         except Exception as e:
             return f"{type(e).__name__}: {e}"
         return None
+
+
+def _walk_sorted(root: str, prefix: str = "") -> Iterator[ListedObject]:
+    """Regular files below ``root`` (relative path starting with ``prefix``) in str order of the full
+    path: a directory sorts as its name + "/" (so "a-b" < "a/x" < "a0", as keys list on S3).
+    Symbolic links are not followed (nothing the provider writes is one)."""
+    start, _, name_prefix = prefix.rpartition("/")
+    top = f"{root}/{start}" if start else root
+    yield from _walk_dir(top, name_prefix)
+
+
+def _walk_dir(top: str, name_prefix: str = "") -> Iterator[ListedObject]:
+    try:
+        with os.scandir(top) as entries:
+            names = sorted(
+                (entry.name + "/" if entry.is_dir(follow_symlinks=False) else entry.name)
+                for entry in entries
+                if entry.name.startswith(name_prefix)
+                and (entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False))
+            )
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for name in names:
+        path = f"{top}/{name.rstrip('/')}"
+        if name.endswith("/"):
+            yield from _walk_dir(path)
+            continue
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:  # deleted since the directory was read
+            continue
+        yield ListedObject(path, st.st_size, datetime.fromtimestamp(st.st_mtime, tz=UTC))
+
+
+def _as_utc(value: Any) -> datetime | None:
+    if not isinstance(value, datetime):
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 async def _exists(fs: Any, path: str) -> bool:

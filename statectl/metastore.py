@@ -8,6 +8,7 @@ value that was read.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from statectl.scopes import AssetScope, Scope, TaskScope
 
 SQLITE_TIMESTAMP = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's storage format for DateTime on SQLite
 STREAM_BATCH = 2000
+_CURSOR_SERIAL = itertools.count()  # names of server-side cursors open at the same time
 
 
 @dataclass(frozen=True)
@@ -486,6 +488,71 @@ class Metastore:
     def _asset_row(self, r: Sequence[Any], scope: AssetScope | None = None) -> StateRow:
         row_scope = scope or AssetScope(name=r[1] or None, uri=r[2] or None, asset_id=int(r[0]))
         return StateRow(row_scope, r[3], r[4], self._from_db_ts(r[5]))
+
+    # -- rows by the text of their value (the scan's side of the merge join) -------------
+    _ASSET_REF_COLUMNS = 'a.id, a.name, a.uri, s."key", s.value, s.updated_at'
+
+    def iter_rows_by_value_prefix(self, prefix: str, batch_size: int = STREAM_BATCH) -> Iterator[StateRow]:
+        """Task and asset rows whose value text starts with ``prefix``, in byte order of the value.
+
+        Each table is sorted by the server (PostgreSQL with ``COLLATE "C"``, SQLite's BINARY default)
+        and streamed; the two streams are merged here, so memory stays at a batch per table. The
+        read transaction stays open (several of these stream at once): the caller ends it, e.g. close().
+        """
+        import heapq
+
+        order = ' COLLATE "C"' if self.dialect == "postgresql" else ""
+        where = "substr(value, 1, ?) = ?"
+        task_sql = f"SELECT {self._TASK_COLUMNS} FROM task_state_store WHERE {where} ORDER BY value{order}"
+        asset_sql = (
+            f"SELECT {self._ASSET_REF_COLUMNS} FROM asset_state_store s JOIN asset a ON a.id = s.asset_id "
+            f"WHERE substr(s.value, 1, ?) = ? ORDER BY s.value{order}"
+        )
+        params = (len(prefix), prefix)
+
+        def tasks() -> Iterator[StateRow]:
+            row = None
+            for r in self._stream_open(task_sql, params, batch_size):
+                row = self._task_row(r, row)
+                yield row
+
+        assets = (self._asset_row(r) for r in self._stream_open(asset_sql, params, batch_size))
+        yield from heapq.merge(tasks(), assets, key=lambda row: row.value)
+
+    def iter_rows_with_value_like(
+        self, prefix: str, contains: str, exclude_prefix: str, batch_size: int = STREAM_BATCH
+    ) -> Iterator[StateRow]:
+        """Task and asset rows whose value starts with ``prefix``, contains ``contains`` and does not
+        start with ``exclude_prefix``; unordered, streamed. As above, the caller ends the transaction."""
+        where = "substr(value, 1, ?) = ? AND substr(value, 1, ?) <> ? AND value LIKE ?"
+        params = (len(prefix), prefix, len(exclude_prefix), exclude_prefix, f"%{contains}%")
+        task_sql = f"SELECT {self._TASK_COLUMNS} FROM task_state_store WHERE {where}"
+        yield from (self._task_row(r) for r in self._stream_open(task_sql, params, batch_size))
+        asset_sql = (
+            f"SELECT {self._ASSET_REF_COLUMNS} FROM asset_state_store s JOIN asset a ON a.id = s.asset_id "
+            f"WHERE {where.replace('value', 's.value')}"
+        )
+        yield from (self._asset_row(r) for r in self._stream_open(asset_sql, params, batch_size))
+
+    def _stream_open(self, sql: str, params: Sequence[Any], batch_size: int) -> Iterator[Sequence[Any]]:
+        """Like _stream, but leaves the transaction open so that several cursors can stream at once;
+        the caller ends it."""
+        with self._errors():
+            if self.dialect == "postgresql":
+                cur = self.conn.cursor(name=f"statectl_scan_{next(_CURSOR_SERIAL)}")
+                cur.itersize = batch_size
+            else:
+                cur = self.conn.cursor()
+            cur.execute(self._sql(sql), tuple(params))
+            try:
+                while batch := cur.fetchmany(batch_size):
+                    yield from batch
+            finally:
+                cur.close()
+
+    def asset_names_for_uri(self, uri: str) -> list[str]:
+        """Names of the assets with this uri (the provider names an asset's folder by its name)."""
+        return [r[0] for r in self._fetchall("SELECT name FROM asset WHERE uri = ?", (uri,)) if r[0]]
 
     # -- batches for long operations --------------------------------------------------
     def count_rows(self, flt: RowFilter) -> int:

@@ -496,3 +496,87 @@ def pg_env(server: PostgresServer, template: str, tmp_path: Path) -> AirflowEnv:
 def json_literal(value: Any) -> str:
     """Python source that evaluates to ``value`` inside a generated DAG file (via json.loads)."""
     return f"json.loads({json.dumps(json.dumps(value))})"
+
+
+# --------------------------------------------------------------------------- worker-written seeds
+
+
+def state_writer_dag(
+    dag_id: str,
+    asset_name: str,
+    asset_uri: str,
+    task_values: dict[str, Any],
+    mapped_values: dict[int, Any],
+    asset_values: dict[str, Any],
+) -> str:
+    """A DAG whose `writer` task sets task and asset values and whose mapped task sets key "m" per index."""
+    return f"""
+import json
+from datetime import datetime
+
+from airflow.sdk import Asset, dag, task
+
+ASSET = Asset(name={asset_name!r}, uri={asset_uri!r})
+TASK_VALUES = {json_literal(task_values)}
+MAPPED_VALUES = {json_literal(mapped_values)}
+ASSET_VALUES = {json_literal(asset_values)}
+
+
+@dag(dag_id={dag_id!r}, schedule=None, start_date=datetime(2024, 1, 1), catchup=False)
+def writer_dag():
+    @task(outlets=[ASSET])
+    def writer(**context):
+        for key, value in TASK_VALUES.items():
+            context["task_state_store"].set(key, value)
+        for key, value in ASSET_VALUES.items():
+            context["asset_state_store"][ASSET].set(key, value)
+
+    @task
+    def mapped(i, **context):
+        context["task_state_store"].set("m", MAPPED_VALUES[str(i)])
+
+    writer() >> mapped.expand(i={sorted(mapped_values)!r})
+
+
+d = writer_dag()
+
+if __name__ == "__main__":
+    d.test()
+"""
+
+
+@dataclass(frozen=True)
+class WorkerBucketSeed:
+    """A SQLite metastore and file:// bucket written by one real DAG run through the provider."""
+
+    db: Path
+    bucket: Path  # the base path the worker wrote under (refs hold its absolute path)
+    pristine: Path  # a copy of the bucket right after the run
+
+
+def seed_worker_bucket(
+    template_db: Path, root: Path, dag_source: str, threshold: int, compression: str | None
+) -> WorkerBucketSeed:
+    home, bucket = root / "home", root / "bucket"
+    home.mkdir()
+    bucket.mkdir()
+    db = home / "airflow.db"
+    shutil.copyfile(template_db, db)
+    env = AirflowEnv(home, db, f"sqlite:///{db}", bucket, airflow_base_env(home, f"sqlite:///{db}"))
+    run_dag(env.with_backend(env.bucket_url, threshold, compression), dag_source, root)
+    pristine = root / "pristine"
+    shutil.copytree(bucket, pristine)
+    return WorkerBucketSeed(db, bucket, pristine)
+
+
+def worker_bucket_copy(seed: WorkerBucketSeed, tmp_path: Path) -> AirflowEnv:
+    """A fresh copy of the seeded DB, and the worker's bucket directory restored in place as written
+    (the refs hold its absolute path, so tests using one seed run serially)."""
+    home = tmp_path / "airflow_home"
+    home.mkdir()
+    db = home / "airflow.db"
+    shutil.copyfile(seed.db, db)
+    shutil.rmtree(seed.bucket)
+    shutil.copytree(seed.pristine, seed.bucket)
+    conn = f"sqlite:///{db}"
+    return AirflowEnv(home, db, conn, seed.bucket, airflow_base_env(home, conn))
