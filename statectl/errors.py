@@ -18,6 +18,8 @@ class ExitCode(IntEnum):
     DATA = 6  # stored data is wrong: missing or corrupt object, ref outside the base path
     TOO_LARGE = 7  # value over [state_store] max_value_storage_bytes (use --force)
     PARTIAL = 8  # a long operation finished but some items failed
+    LOCKED = 9  # another run holds the lock (prune): try again later
+    MAX_DELETE = 10  # stopped before deleting more than --max-delete things (prune): re-run to go on
     UNHEALTHY = 11  # `statectl doctor` found at least one failing check
 
 

@@ -618,3 +618,67 @@ class Metastore:
             rows = cur.fetchall()
             cur.close()
             return rows
+
+    # -- prune ------------------------------------------------------------------------
+    def delete_many_if_unchanged(
+        self, rows: Sequence[StateRow], *, still_expired_at: datetime | None = None
+    ) -> list[StateRow]:
+        """Delete rows that still hold the value read, in one transaction; return those deleted. Commits.
+
+        With ``still_expired_at`` a task row goes only if it is also still expired at that time: a
+        worker that re-set the key meanwhile (new value or new expiry) keeps it. On PostgreSQL the
+        task rows go in statements of up to 1000 rows (``DELETE ... USING (VALUES ...) RETURNING``).
+        """
+        expired_clause = " AND expires_at IS NOT NULL AND expires_at < ?" if still_expired_at is not None else ""
+        deleted: list[StateRow] = []
+        batched: list[StateRow] = []
+        for row in rows:
+            if isinstance(row.scope, TaskScope) and self.dialect == "postgresql" and row.row_id is not None:
+                batched.append(row)
+            elif isinstance(row.scope, TaskScope):
+                params: list[Any] = [row.row_id, row.value]
+                if still_expired_at is not None:
+                    params.append(self._ts(still_expired_at))
+                if self._execute(f"DELETE FROM task_state_store WHERE id = ? AND value = ?{expired_clause}", params):
+                    deleted.append(row)
+            elif self._execute(
+                'DELETE FROM asset_state_store WHERE asset_id = ? AND "key" = ? AND value = ?',
+                (row.scope.asset_id, row.key, row.value),
+            ):
+                deleted.append(row)
+        if batched:
+            deleted.extend(self._delete_task_rows_batched(batched, still_expired_at))
+        self.commit()
+        return deleted
+
+    def _delete_task_rows_batched(self, rows: list[StateRow], still_expired_at: datetime | None) -> list[StateRow]:
+        from psycopg2.extras import execute_values
+
+        by_id = {row.row_id: row for row in rows}
+        condition = " AND t.expires_at IS NOT NULL AND t.expires_at < v.cutoff" if still_expired_at else ""
+        sql = (
+            "DELETE FROM task_state_store AS t USING (VALUES %s) AS v(id, old, cutoff) "
+            f"WHERE t.id = v.id AND t.value = v.old{condition} RETURNING t.id"
+        )
+        template = "(%s::integer, %s::text, %s::timestamptz)"
+        deleted: list[StateRow] = []
+        with self._errors():
+            cur = self.conn.cursor()
+            for start in range(0, len(rows), 1000):
+                page = [(r.row_id, r.value, still_expired_at) for r in rows[start : start + 1000]]
+                for (row_id,) in execute_values(cur, sql, page, template=template, page_size=len(page), fetch=True):
+                    deleted.append(by_id[int(row_id)])
+            cur.close()
+        return deleted
+
+    def referenced_texts(self, texts: Sequence[str]) -> set[str]:
+        """Which of these exact column texts some task or asset row holds now (one query per table
+        per 1000 texts): the last check before an object goes, against a worker's fresh write."""
+        found: set[str] = set()
+        for start in range(0, len(texts), 1000):
+            chunk = list(texts[start : start + 1000])
+            marks = ", ".join("?" for _ in chunk)
+            for table in ("task_state_store", "asset_state_store"):
+                rows = self._fetchall(f"SELECT DISTINCT value FROM {table} WHERE value IN ({marks})", chunk)
+                found.update(r[0] for r in rows)
+        return found

@@ -1,0 +1,566 @@
+"""statectl prune on real stores: expired rows and their objects, orphans, --older-than, the lock.
+
+State is written by ONE real DAG run per session through the real provider (file:// bucket, gzip,
+threshold 16) with real retentions: 1 s (expired by the time a test runs), NEVER_EXPIRE, the default
+(30 days) and 1 hour; a mapped task with 1 s retention; an asset value; and a second DAG whose run a
+test deletes (ON DELETE CASCADE takes its rows, leaving its objects orphaned). Every test gets a copy
+of the DB and the bucket restored in place (the refs hold its absolute path; tests run serially) and
+asserts the rows and files before and after. PostgreSQL + moto S3 (conn_id) runs its own DAG.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from statectl.errors import ExitCode
+from tests.cli_support import STATECTL, db_snapshot, files_snapshot, statectl
+from tests.infra import AirflowEnv, S3Bucket, WorkerBucketSeed, run_dag, seed_worker_bucket, worker_bucket_copy
+
+pytest_plugins = ["tests.cli_support"]
+
+DAG = "statectl_prune_writer"
+GONE_DAG = "statectl_prune_gone"
+ASSET_NAME = "statectl_prune_asset"
+THRESHOLD = 16
+LOCK = ".statectl~prune.lock"
+
+WRITER_SOURCE = f"""
+from datetime import datetime, timedelta
+
+from airflow.sdk import Asset, dag, task
+from airflow.sdk.execution_time.context import NEVER_EXPIRE
+
+ASSET = Asset(name={ASSET_NAME!r}, uri="file:///tmp/statectl-prune-asset")
+BIG = "x" * 100
+
+
+@dag(dag_id={DAG!r}, schedule=None, start_date=datetime(2024, 1, 1), catchup=False)
+def writer_dag():
+    @task(outlets=[ASSET])
+    def writer(**context):
+        store = context["task_state_store"]
+        store.set("expired_obj", {{"v": BIG}}, retention=timedelta(seconds=1))
+        store.set("expired_inline", 1, retention=timedelta(seconds=1))
+        store.set("forever", {{"v": BIG}}, retention=NEVER_EXPIRE)
+        store.set("default", {{"v": BIG}})
+        store.set("hour", {{"v": BIG}}, retention=timedelta(hours=1))
+        context["asset_state_store"][ASSET].set("watermark", {{"w": BIG}})
+
+    @task
+    def mapped(i, **context):
+        context["task_state_store"].set("m", {{"i": i, "v": BIG}}, retention=timedelta(seconds=1))
+
+    writer() >> mapped.expand(i=[0, 1])
+
+
+@dag(dag_id={GONE_DAG!r}, schedule=None, start_date=datetime(2024, 1, 1), catchup=False)
+def gone_dag():
+    @task
+    def doomed(**context):
+        context["task_state_store"].set("k", {{"v": BIG}})
+
+    doomed()
+
+
+a = writer_dag()
+b = gone_dag()
+
+if __name__ == "__main__":
+    a.test()
+    b.test()
+"""
+
+EXPIRED = {("writer", -1, "expired_obj"), ("writer", -1, "expired_inline"), ("mapped", 0, "m"), ("mapped", 1, "m")}
+LIVE = {("writer", -1, "forever"), ("writer", -1, "default"), ("writer", -1, "hour")}
+
+
+@pytest.fixture(scope="session")
+def prune_seed(airflow_template: Path, tmp_path_factory: pytest.TempPathFactory) -> WorkerBucketSeed:
+    root = tmp_path_factory.mktemp("prune_seed")
+    return seed_worker_bucket(airflow_template / "airflow.db", root, WRITER_SOURCE, THRESHOLD, "gzip")
+
+
+@pytest.fixture
+def home(prune_seed: WorkerBucketSeed, tmp_path: Path) -> AirflowEnv:
+    """A copy of the worker-written DB; the worker's bucket restored as written."""
+    return worker_bucket_copy(prune_seed, tmp_path)
+
+
+def env_of(home: AirflowEnv) -> dict[str, str]:
+    return home.with_backend(home.bucket_url, THRESHOLD, "gzip")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def prune(env: dict[str, str], *args: str, code: int = 0) -> dict[str, Any]:
+    r = statectl(env, "prune", *args, "-o", "json")
+    assert r.code == code, str(r)
+    assert "Traceback" not in r.stderr, str(r)
+    report = r.json()
+    report["_stderr"] = r.stderr
+    return report
+
+
+def task_rows(home: AirflowEnv) -> dict[tuple[str, int, str], str]:
+    rows = home.query('SELECT task_id, map_index, "key", value FROM task_state_store WHERE dag_id = :d', d=DAG)
+    return {(r[0], int(r[1]), r[2]): r[3] for r in rows}
+
+
+def ref_path(value: str) -> Path | None:
+    ref = json.loads(value).get("__airflow_state_ref__", "")
+    return Path(ref.removeprefix("file://")) if ref.startswith("file://") else None
+
+
+def all_refs(home: AirflowEnv) -> list[Path]:
+    values = [
+        r[0] for r in home.query("SELECT value FROM task_state_store UNION ALL SELECT value FROM asset_state_store")
+    ]
+    return [p for v in values if (p := ref_path(v)) is not None]
+
+
+def files(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+def age(path: Path, delta: timedelta) -> None:
+    when = time.time() - delta.total_seconds()
+    os.utime(path, (when, when))
+
+
+def write_gz(path: Path, value: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(json.dumps(value).encode()))
+    return path
+
+
+def delete_dag_run(home: AirflowEnv, dag_id: str) -> None:
+    """As Airflow deletes a run: ON DELETE CASCADE takes the state rows (SQLite needs the pragma)."""
+    assert home.db_path is not None
+    with sqlite3.connect(home.db_path) as conn:
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("DELETE FROM dag_run WHERE dag_id = ?", (dag_id,))
+
+
+def lock_text(host: str, pid: int, heartbeat: datetime, token: str = "their-token") -> str:
+    started = (heartbeat - timedelta(minutes=1)).isoformat()
+    return json.dumps(
+        {"host": host, "pid": pid, "token": token, "started": started, "heartbeat": heartbeat.isoformat()}
+    )
+
+
+def assert_live_intact(home: AirflowEnv, live: set[tuple[str, int, str]] = LIVE) -> None:
+    """The live rows are there, and every row's object exists."""
+    rows = task_rows(home)
+    assert set(rows) >= live
+    for path in all_refs(home):
+        assert path.exists(), f"a row references {path}, which is gone"
+
+
+# --------------------------------------------------------------------------- expiry
+
+
+def test_expired_rows_then_their_objects(home: AirflowEnv) -> None:
+    env = env_of(home)
+    before = task_rows(home)
+    assert set(before) == EXPIRED | LIVE
+    assert ref_path(before[("writer", -1, "expired_inline")]) is None  # inline: a row, no object
+    expired_objects = [p for k in EXPIRED if (p := ref_path(before[k])) is not None]
+    assert len(expired_objects) == 3 and all(p.exists() for p in expired_objects)
+    (gone_run_value,) = home.query("SELECT value FROM task_state_store WHERE dag_id = :d", d=GONE_DAG)[0]
+
+    report = prune(env, "--yes")
+    assert report["deleted"]["expired"]["rows"] == 4
+    assert report["deleted"]["expired"]["objects"] == 3
+    assert report["exit_code"] == 0
+    after = task_rows(home)
+    assert set(after) == LIVE
+    assert not any(p.exists() for p in expired_objects)
+    assert_live_intact(home)
+    assert home.query('SELECT "key" FROM asset_state_store') == [("watermark",)]  # asset rows never expire
+    assert ref_path(gone_run_value).exists()  # the other dag's default retention: not expired
+    # Fresh objects of live rows are no orphans; nothing else to do on a second run.
+    assert report["plan"]["categories"]["fresh_orphans"]["objects"] == 0
+    again = prune(env, "--yes")
+    assert again["deletions"] == 0 and again["plan"]["deletions"] == 0
+    assert not (home.bucket_dir / LOCK).exists()
+
+
+def test_dry_run_changes_nothing_and_shows_the_plan(home: AirflowEnv) -> None:
+    env = env_of(home)
+    orphan = write_gz(home.bucket_dir / "old_dag" / "r" / "t" / "-1" / "k.gz", {"o": 1})
+    age(orphan, timedelta(hours=3))
+    db_before, files_before = db_snapshot(home), files_snapshot(home.bucket_dir)
+    report = prune(env, "--dry-run")
+    assert report["dry_run"] is True and report["deletions"] == 0
+    cats = report["plan"]["categories"]
+    assert (cats["expired"]["rows"], cats["expired"]["objects"]) == (4, 3)
+    assert cats["expired"]["bytes"] > 3 * 100  # row texts and the objects' sizes from the listing
+    assert cats["orphans"]["objects"] == 1 and cats["orphans"]["first"] == [orphan.as_uri()]
+    assert any("expired_obj" in label for label in cats["expired"]["first"])
+    assert db_snapshot(home) == db_before and files_snapshot(home.bucket_dir) == files_before
+    # The table form names the first entries too.
+    r = statectl(env, "prune", "--dry-run")
+    assert r.code == 0 and "expired_obj" in r.stderr and "dry run: nothing changed" in r.stderr, str(r)
+    assert db_snapshot(home) == db_before and files_snapshot(home.bucket_dir) == files_before
+
+
+# --------------------------------------------------------------------------- orphans
+
+
+def test_orphans_old_go_fresh_stay_and_deleted_runs(home: AirflowEnv) -> None:
+    env = env_of(home)
+    old = write_gz(home.bucket_dir / "removed_dag" / "run1" / "t" / "-1" / "k.gz", {"o": "old"})
+    old_asset = write_gz(home.bucket_dir / "assets" / "gone_asset" / "w.gz", {"o": "asset"})
+    fresh = write_gz(home.bucket_dir / "removed_dag" / "run2" / "t" / "-1" / "k.gz", {"o": "fresh"})
+    age(old, timedelta(hours=2))
+    age(old_asset, timedelta(days=2))
+    # Objects of a deleted dag run: the rows go by cascade, the objects stay behind.
+    gone_objects = [p for p in all_refs(home) if f"/{GONE_DAG}/" in str(p)]
+    assert len(gone_objects) == 1
+    delete_dag_run(home, GONE_DAG)
+    assert home.query("SELECT COUNT(*) FROM task_state_store WHERE dag_id = :d", d=GONE_DAG) == [(0,)]
+    for path in gone_objects:
+        age(path, timedelta(hours=2))
+    # Live rows' objects, however old, are no orphans.
+    for path in all_refs(home):
+        age(path, timedelta(days=5))
+
+    report = prune(env, "--yes")
+    assert report["deleted"]["orphans"]["objects"] == 3, report
+    assert not old.exists() and not old_asset.exists() and not any(p.exists() for p in gone_objects)
+    assert fresh.exists()
+    assert report["plan"]["categories"]["fresh_orphans"]["first"] == [fresh.as_uri()]
+    assert_live_intact(home)
+    assert home.query('SELECT "key" FROM asset_state_store') == [("watermark",)]
+
+
+def test_no_orphans_option_and_grace(home: AirflowEnv) -> None:
+    env = env_of(home)
+    orphan = write_gz(home.bucket_dir / "d" / "r" / "t" / "-1" / "k.gz", {"o": 1})
+    age(orphan, timedelta(minutes=30))
+    report = prune(env, "--yes", "--no-orphans")
+    assert report["deleted"]["orphans"]["objects"] == 0 and orphan.exists()
+    report = prune(env, "--yes")  # 30 minutes old: within the default grace of 1 hour
+    assert orphan.exists() and report["plan"]["categories"]["fresh_orphans"]["objects"] == 1
+    report = prune(env, "--yes", "--grace", "20m")
+    assert not orphan.exists() and report["deleted"]["orphans"]["objects"] == 1
+
+
+def test_ref_outside_the_base_path_is_reported_and_survives(home: AirflowEnv, tmp_path: Path) -> None:
+    env = env_of(home)
+    outside = write_gz(tmp_path / "elsewhere" / "expired_obj.gz", {"v": "mine"})
+    age(outside, timedelta(days=3))
+    content = outside.read_bytes()
+    value = json.dumps({"__airflow_state_ref__": outside.as_uri()})
+    home.query("UPDATE task_state_store SET value = :v WHERE \"key\" = 'expired_obj'", v=value)
+    report = prune(env, "--yes", "--older-than", "1d")
+    assert outside.exists() and outside.read_bytes() == content
+    assert ("writer", -1, "expired_obj") not in task_rows(home)  # the expired row itself goes
+    outside_cat = report["plan"]["categories"]["outside_base"]
+    assert outside_cat["rows"] == 1 and outside.as_uri() in outside_cat["first"][0]
+    assert "outside the base path" in report["_stderr"]
+    assert report["exit_code"] == 0
+
+
+def test_incomplete_scan_refuses_orphans_and_says_why(home: AirflowEnv) -> None:
+    env = env_of(home)
+    orphan = write_gz(home.bucket_dir / "d" / "r" / "t" / "-1" / "k.gz", {"o": 1})
+    age(orphan, timedelta(hours=5))
+    # A ref to the base path through another scheme that the scan cannot place in path order (a trailing
+    # slash): the provider would read it, so the scan cannot tell what is referenced.
+    odd_ref = home.bucket_url.replace("file://", "local://") + "/d/r/t/-1/other/"
+    odd = json.dumps({"__airflow_state_ref__": odd_ref})
+    home.query("UPDATE task_state_store SET value = :v WHERE \"key\" = 'default'", v=odd)
+    report = prune(env, "--yes", code=ExitCode.PARTIAL)
+    assert orphan.exists()
+    assert "not every row could be read" in report["orphans_refused"]
+    assert "orphans not deleted" in report["_stderr"]
+    assert report["deleted"]["expired"]["rows"] == 4  # the expired rows still go
+
+
+# --------------------------------------------------------------------------- --older-than, filters
+
+
+def test_older_than_removes_old_objects_and_their_rows(home: AirflowEnv) -> None:
+    env = env_of(home)
+    rows = task_rows(home)
+    forever = ref_path(rows[("writer", -1, "forever")])
+    (asset_value,) = home.query("SELECT value FROM asset_state_store")[0]
+    asset_object = ref_path(asset_value)
+    assert forever is not None and asset_object is not None
+    age(forever, timedelta(days=10))
+    age(asset_object, timedelta(days=10))
+    report = prune(env, "--yes", "--older-than", "7d")
+    assert report["deleted"]["older_than"]["rows"] == 2 and report["deleted"]["older_than"]["objects"] == 2
+    assert not forever.exists() and not asset_object.exists()
+    assert home.query("SELECT COUNT(*) FROM asset_state_store") == [(0,)]
+    assert set(task_rows(home)) == LIVE - {("writer", -1, "forever")}
+    assert_live_intact(home, LIVE - {("writer", -1, "forever")})
+
+
+def test_filters_limit_what_goes(home: AirflowEnv) -> None:
+    env = env_of(home)
+    (run_id,) = home.query("SELECT run_id FROM dag_run WHERE dag_id = :d", d=DAG)[0]
+    elsewhere = write_gz(home.bucket_dir / "other_dag" / "r" / "t" / "-1" / "k.gz", {"o": 1})
+    age(elsewhere, timedelta(hours=2))
+    report = prune(env, "--yes", "--dag", DAG, "--run", run_id, "--task", "mapped", "--map-index", "1")
+    assert report["deleted"]["expired"]["rows"] == 1 and report["deleted"]["orphans"]["objects"] == 0
+    assert set(task_rows(home)) == (EXPIRED | LIVE) - {("mapped", 1, "m")}
+    assert elsewhere.exists()
+    report = prune(env, "--yes", "--asset", ASSET_NAME)  # asset rows have no expiry: nothing
+    assert report["deletions"] == 0 and elsewhere.exists()
+    assert len(task_rows(home)) == 6
+
+
+def test_max_delete_stops_before_exceeding(home: AirflowEnv) -> None:
+    env = env_of(home)
+    report = prune(env, "--yes", "--max-delete", "3", code=ExitCode.MAX_DELETE)
+    assert report["deletions"] <= 3 and "max-delete" in report["stopped"]
+    assert len(EXPIRED & set(task_rows(home))) >= 2
+    assert_live_intact(home)
+    report = prune(env, "--yes")
+    assert set(task_rows(home)) == LIVE
+    assert_live_intact(home)
+
+
+# --------------------------------------------------------------------------- the lock
+
+
+def test_lock_held_by_another_run_refuses(home: AirflowEnv) -> None:
+    env = env_of(home)
+    lock = home.bucket_dir / LOCK
+    lock.write_text(lock_text("other-host", 4242, datetime.now(tz=UTC)))
+    db_before = db_snapshot(home)
+    r = statectl(env, "prune", "--yes")
+    assert r.code == ExitCode.LOCKED, str(r)
+    assert r.stderr.count("\n") == 1 and "other-host/4242" in r.stderr, str(r)
+    assert db_snapshot(home) == db_before and lock.exists()
+    assert json.loads(lock.read_text())["token"] == "their-token"
+
+
+def test_stale_lock_is_taken_over_and_released(home: AirflowEnv) -> None:
+    env = env_of(home)
+    lock = home.bucket_dir / LOCK
+    lock.write_text(lock_text("other-host", 4242, datetime.now(tz=UTC) - timedelta(minutes=11)))
+    report = prune(env, "--yes")
+    assert any("took over a stale lock held by other-host/4242" in note for note in report["lock"]), report
+    assert set(task_rows(home)) == LIVE
+    assert not lock.exists()
+    assert not [p for p in home.bucket_dir.iterdir() if p.name.startswith(".statectl~")]
+    # A dead process on this host: taken over at once, heartbeat fresh or not.
+    lock.write_text(lock_text(socket.gethostname(), 2**22 + 7, datetime.now(tz=UTC)))
+    report = prune(env, "--yes", "--lock-timeout", "1h")
+    assert any("its process is gone" in note for note in report["lock"]), report
+    assert not lock.exists()
+
+
+def test_lock_released_after_a_failure(home: AirflowEnv) -> None:
+    from statectl.bucket import Buckets
+    from statectl.layout import parse_base_path
+    from statectl.lock import BucketLock, LockHeld
+
+    base = parse_base_path(home.bucket_url)
+    with pytest.raises(RuntimeError), BucketLock(Buckets(), base) as held:
+        assert (home.bucket_dir / LOCK).exists()
+        assert json.loads((home.bucket_dir / LOCK).read_text())["token"] == held.token
+        with pytest.raises(LockHeld), BucketLock(Buckets(), base):
+            pass
+        raise RuntimeError("boom")
+    assert not (home.bucket_dir / LOCK).exists()
+
+
+def test_heartbeat_refreshes_and_a_lost_lock_stops_the_holder(home: AirflowEnv) -> None:
+    from statectl.bucket import Buckets
+    from statectl.layout import parse_base_path
+    from statectl.lock import BucketLock, LockLost
+
+    base = parse_base_path(home.bucket_url)
+    lock_file = home.bucket_dir / LOCK
+    with BucketLock(Buckets(), base, heartbeat_every=0.2) as held:
+        first = json.loads(lock_file.read_text())["heartbeat"]
+        time.sleep(0.7)
+        assert json.loads(lock_file.read_text())["heartbeat"] > first
+        held.check()
+        lock_file.write_text(lock_text("thief", 1, datetime.now(tz=UTC)))  # taken over meanwhile
+        time.sleep(0.7)
+        with pytest.raises(LockLost):
+            held.check()
+    assert json.loads(lock_file.read_text())["host"] == "thief"  # release never deletes another's lock
+
+
+# --------------------------------------------------------------------------- no bucket, bad input
+
+
+def test_without_a_base_path_prunes_rows_only(home: AirflowEnv) -> None:
+    env = dict(home.env)  # no worker backend, no base path
+    before_files = files(home.bucket_dir)
+    report = prune(env, "--yes")
+    assert set(task_rows(home)) == LIVE
+    assert files(home.bucket_dir) == before_files  # objects are never touched without a base path
+    assert report["plan"]["categories"]["outside_base"]["rows"] == 3
+    assert any("rows only" in n for n in report["plan"]["notes"])
+    assert report["exit_code"] == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--grace", "10x"], "--grace"),
+        (["--grace", "30s"], "at least 1m"),
+        (["--older-than", "soon"], "--older-than"),
+        (["--max-delete", "-1"], "--max-delete"),
+        (["--batch-size", "5000"], "--batch-size"),
+        (["--lock-timeout", "0s"], "--lock-timeout"),
+        (["--dag", "d", "--asset", "a"], "exclude each other"),
+    ],
+)
+def test_bad_input_is_one_line_and_changes_nothing(home: AirflowEnv, args: list[str], needle: str) -> None:
+    env = env_of(home)
+    db_before, files_before = db_snapshot(home), files_snapshot(home.bucket_dir)
+    r = statectl(env, "prune", "--yes", *args)
+    assert r.code == ExitCode.USAGE, str(r)
+    assert r.stderr.count("\n") == 1 and needle in r.stderr and "Traceback" not in r.stderr, str(r)
+    assert db_snapshot(home) == db_before and files_snapshot(home.bucket_dir) == files_before
+
+
+def test_refuses_without_yes_off_a_terminal(home: AirflowEnv) -> None:
+    env = env_of(home)
+    db_before = db_snapshot(home)
+    r = statectl(env, "prune")
+    assert r.code == ExitCode.USAGE and "--yes" in r.stderr, str(r)
+    assert db_snapshot(home) == db_before
+
+
+def test_quiet_prints_nothing_on_success(home: AirflowEnv) -> None:
+    r = statectl(env_of(home), "prune", "--yes", "--quiet")
+    assert r.code == 0 and r.stdout == "" and r.stderr == "", str(r)
+    assert set(task_rows(home)) == LIVE
+
+
+# --------------------------------------------------------------------------- kill -9
+
+
+def seed_expired_bulk(home: AirflowEnv, count: int) -> list[Path]:
+    """`count` expired rows with objects at the provider's paths, and as many live ones."""
+    from statectl.layout import object_url, parse_base_path
+    from statectl.scopes import TaskScope
+
+    assert home.db_path is not None
+    base = parse_base_path(home.bucket_url)
+    with sqlite3.connect(home.db_path) as conn:
+        dag_run_id, run_id = conn.execute("SELECT id, run_id FROM dag_run WHERE dag_id = ?", (DAG,)).fetchone()
+        scope = TaskScope(DAG, run_id, "writer", -1)
+        rows, live = [], []
+        for i in range(2 * count):
+            key = f"bulk_{i:05d}"
+            url = object_url(base, scope, key, "gzip")
+            write_gz(Path(url.path), {"i": i})
+            expired = i % 2 == 0
+            value = json.dumps({"__airflow_state_ref__": str(url)})
+            expires = "2020-01-01 00:00:00.000000" if expired else "2999-01-01 00:00:00.000000"
+            rows.append((dag_run_id, "writer", -1, key, DAG, run_id, value, "2020-01-01 00:00:00.000000", expires))
+            if not expired:
+                live.append(Path(url.path))
+        conn.executemany(
+            'INSERT INTO task_state_store (dag_run_id, task_id, map_index, "key", dag_id, run_id, value, '
+            "updated_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+    return live
+
+
+def test_kill_9_mid_prune_then_rerun_finishes(home: AirflowEnv) -> None:
+    env = env_of(home)
+    live = seed_expired_bulk(home, 2000)
+    assert home.db_path is not None
+
+    def expired_left() -> int:
+        with sqlite3.connect(f"file:{home.db_path}?mode=ro", uri=True, timeout=30) as conn:
+            return conn.execute(
+                # A full timestamp: SQLite would compare a bare '2021' as a number (NUMERIC affinity).
+                "SELECT COUNT(*) FROM task_state_store WHERE \"key\" LIKE 'bulk_%' "
+                "AND expires_at < '2021-01-01 00:00:00'"
+            ).fetchone()[0]
+
+    objects_dir = live[0].parent
+    total = len(os.listdir(objects_dir))
+    proc = subprocess.Popen(
+        [STATECTL, "prune", "--yes", "--batch-size", "10"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 60
+    # Watch the files, not the DB: a polling SQLite reader would be starved by the writer's locks.
+    while total - len(os.listdir(objects_dir)) < 500:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 0 < expired_left() <= 1500
+    assert (home.bucket_dir / LOCK).exists()  # the killed run's lock stays behind
+    assert_live_intact(home)  # every row still has its object
+
+    report = prune(env, "--yes")
+    assert any("its process is gone" in n for n in report["lock"])
+    assert expired_left() == 0
+    assert all(p.exists() for p in live)
+    assert_live_intact(home)
+    # Objects the kill left behind (rows deleted, objects not yet) are fresh orphans now, taken after the grace.
+    leftovers = report["plan"]["categories"]["fresh_orphans"]["objects"]
+    assert leftovers <= 10
+    for p in files(home.bucket_dir):
+        age(p, timedelta(hours=2))
+    prune(env, "--yes")
+    kept = {p for p in files(home.bucket_dir)}
+    assert kept == set(all_refs(home)), kept ^ set(all_refs(home))
+
+
+# --------------------------------------------------------------------------- PostgreSQL + S3
+
+
+@pytest.mark.slow
+def test_postgres_and_s3_with_conn_id(pg_airflow_home: AirflowEnv, s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    home = pg_airflow_home
+    base = s3_bucket.url("state")
+    env = home.with_backend(base, THRESHOLD, "gzip")
+    env.update(s3_bucket.conn_env)
+    run_dag(env, WRITER_SOURCE, tmp_path)
+    keys_before = set(s3_bucket.keys())
+    rows = task_rows(home)
+    assert set(rows) == EXPIRED | LIVE
+    expired_keys = {
+        json.loads(rows[k])["__airflow_state_ref__"].split(f"{s3_bucket.bucket}/", 1)[1]
+        for k in EXPIRED
+        if k != ("writer", -1, "expired_inline")
+    }
+    assert expired_keys <= keys_before
+    client = s3_bucket.client()
+    client.put_object(Bucket=s3_bucket.bucket, Key="state/nodag/r/t/-1/k.gz", Body=gzip.compress(b"1"))
+    # Someone else's lock, fresh: refused, nothing changed.
+    client.put_object(
+        Bucket=s3_bucket.bucket, Key=f"state/{LOCK}", Body=lock_text("other-host", 99, datetime.now(tz=UTC)).encode()
+    )
+    r = statectl(env, "prune", "--yes")
+    assert r.code == ExitCode.LOCKED and "other-host/99" in r.stderr, str(r)
+    assert task_rows(home) == rows
+    client.delete_object(Bucket=s3_bucket.bucket, Key=f"state/{LOCK}")
+
+    report = prune(env, "--yes")
+    assert report["deleted"]["expired"] == {**report["deleted"]["expired"], "rows": 4, "objects": 3}
+    assert set(task_rows(home)) == LIVE
+    keys_after = set(s3_bucket.keys())
+    assert keys_after == (keys_before - expired_keys) | {"state/nodag/r/t/-1/k.gz"}  # fresh orphan kept, lock gone
+    assert report["plan"]["categories"]["fresh_orphans"]["objects"] == 1
+    assert "testing" not in r.stderr + json.dumps(report)  # the connection's secret never shows
