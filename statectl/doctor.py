@@ -282,8 +282,9 @@ def check_base_path(ctx: Context) -> Iterator[Finding]:
                 "base_path",
                 Status.FAIL,
                 "[workers] state_store_backend is set but [common.io] state_store_objectstorage_path is empty: "
-                "workers still start, write objects relative to their working directory (the provider's "
-                "ObjectStoragePath('') is '.') and store refs without a scheme, which no reader recognizes",
+                "workers still run, write objects relative to their working directory (the provider's "
+                "ObjectStoragePath('') is '.') and store refs without a scheme: reading one back fails "
+                "with JSONDecodeError",
                 "set [common.io] state_store_objectstorage_path (AIRFLOW__COMMON_IO__STATE_STORE_OBJECTSTORAGE_PATH) "
                 "on every worker, e.g. s3://conn_id@bucket/state",
             )

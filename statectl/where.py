@@ -8,6 +8,7 @@ objects left under other compression suffixes by a configuration change.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -211,6 +212,11 @@ def _explain(report: WhereReport, ref_url: ObjectURL | None, worker_backend: str
         if target is not None and not target.exists and not target.error:
             notes.append(f"the row's object {target.url} does not exist: a worker reads None")
     else:
+        if stored.location is Location.INLINE and stored.ref is not None and not _is_json(stored.ref):
+            notes.append(
+                f"the row's ref {_preview(stored.ref)!r} is neither JSON nor a URL: a worker fails with "
+                "JSONDecodeError (written with an empty base path or one without a scheme?)"
+            )
         if stored.location is Location.INLINE and not worker_backend:
             notes.append("the row holds an inline ref but workers have no backend: they read the ref wrapper dict")
         if stored.location is Location.PLAIN and worker_backend:
@@ -227,6 +233,14 @@ def _explain(report: WhereReport, ref_url: ObjectURL | None, worker_backend: str
             "(left by a compression change; read only if a row points to them)"
         )
     return notes
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _ref_mismatch(ref_url: ObjectURL, expected_url: ObjectURL | None) -> str:

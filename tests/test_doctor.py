@@ -17,7 +17,7 @@ from statectl.config import Config
 from statectl.doctor import CHECKS, Status, run_doctor
 from statectl.errors import ExitCode
 from tests.cli_support import Result, files_snapshot, statectl
-from tests.infra import AWS_KEY, AWS_REGION, PG_PASSWORD, AirflowEnv, S3Bucket, free_port
+from tests.infra import AWS_KEY, AWS_REGION, PG_PASSWORD, AirflowEnv, S3Bucket, dag_run_states, free_port, run_dag
 
 ALL_CHECKS = {"config", *(name for name, _, _ in CHECKS)}
 CONN_SECRET = "conn-S3cret-5d1e08"  # the connection's password: must never be printed
@@ -243,3 +243,58 @@ def test_unreadable_configuration_is_one_finding(airflow_home: AirflowEnv) -> No
     report = run_doctor(lambda: Config(environ=airflow_home.env))
     assert [(f.check, f.status) for f in report.findings] == [("config", Status.FAIL)]
     assert report.failed and report.versions["apache-airflow-core"]
+
+
+# --------------------------------------------------------------------------- doctor's claims, on real workers
+
+CLAIM_DAG = """
+from datetime import datetime
+
+from airflow.sdk import dag, task
+
+
+@dag(dag_id={dag_id!r}, schedule=None, start_date=datetime(2024, 1, 1), catchup=False)
+def claim():
+    @task
+    def w(**context):
+        store = context["task_state_store"]
+        store.set("k", {{"payload": "x" * 200}})
+        assert store.get("k") == {{"payload": "x" * 200}}
+
+    w()
+
+
+d = claim()
+
+if __name__ == "__main__":
+    d.test()
+"""
+
+
+@pytest.mark.slow  # two real DAG runs
+def test_what_doctor_says_is_what_workers_do(airflow_home: AirflowEnv, tmp_path: Path) -> None:
+    # A worker backend without a base path: the write "works" (an object under the worker's cwd and a
+    # ref without a scheme), reading it back fails; `where` says why.
+    env = airflow_home.with_backend("")
+    assert findings_for(env)["base_path"][0] is Status.FAIL
+    proc = run_dag(env, CLAIM_DAG.format(dag_id="claim_nopath"), tmp_path, expect_success=False)
+    assert dag_run_states(proc) == [("claim_nopath", "failed")]
+    assert "JSONDecodeError" in proc.stdout + proc.stderr
+    run_id, value = airflow_home.query("SELECT run_id, value FROM task_state_store")[0]
+    ref = json.loads(value)["__airflow_state_ref__"]
+    assert "://" not in ref and ref.startswith("claim_nopath/")
+    r = statectl(env, "where", "k", "--dag", "claim_nopath", "--run", run_id, "--task", "w", "-o", "json")
+    assert r.code == 0, str(r)
+    assert any("neither JSON nor a URL" in note for note in r.json()["notes"]), r.json()
+
+    # Threshold above max_value_storage_bytes: the value stays inline, over the limit; the worker only warns.
+    env = {
+        **airflow_home.with_backend(airflow_home.bucket_url, threshold=1000),
+        "AIRFLOW__STATE_STORE__MAX_VALUE_STORAGE_BYTES": "50",
+    }
+    assert findings_for(env)["threshold"][0] is Status.WARN
+    proc = run_dag(env, CLAIM_DAG.format(dag_id="claim_threshold"), tmp_path)
+    assert "exceeds configured max_value_storage_bytes=50" in proc.stdout + proc.stderr
+    (value,) = airflow_home.query("SELECT value FROM task_state_store WHERE dag_id = 'claim_threshold'")[0]
+    assert len(value) > 50 and "__airflow_state_ref__" in value and "://" not in value
+    assert files_snapshot(airflow_home.bucket_dir) == {}
