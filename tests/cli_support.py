@@ -165,7 +165,7 @@ def statectl(env: dict[str, str], *args: str, input: str | None = None, cwd: Pat
         input=input,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,  # a safety net only: a loaded 2-core machine runs a migrate in minutes
         check=False,
         cwd=cwd,
     )
