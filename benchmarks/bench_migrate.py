@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -470,6 +471,8 @@ def main() -> None:
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight for the floor runs")
     args = parser.parse_args()
+    # A killed run still stops its PostgreSQL cluster and removes its files (the finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "load_before": load()},
