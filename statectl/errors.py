@@ -21,6 +21,7 @@ class ExitCode(IntEnum):
     LOCKED = 9  # another run holds the lock (prune): try again later
     MAX_DELETE = 10  # stopped before deleting more than --max-delete things (prune): re-run to go on
     UNHEALTHY = 11  # `statectl doctor` found at least one failing check
+    PROBLEMS_FOUND = 12  # `statectl check` found problems in the stored state
 
 
 class StatectlError(Exception):

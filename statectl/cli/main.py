@@ -98,7 +98,7 @@ def state(ctx: typer.Context) -> AppState:
 
 
 def _register_commands() -> None:
-    from statectl.cli import info, migrate, prune, read, troubleshoot, write  # noqa: F401 - registers commands
+    from statectl.cli import check, info, migrate, prune, read, troubleshoot, write  # noqa: F401 - registers commands
 
 
 _register_commands()
