@@ -199,17 +199,46 @@ def check_metastore(ctx: Context) -> Iterator[Finding]:
 
 @check("server_backend", "set [state_store] backend to the metastore backend or leave it unset")
 def check_server_backend(ctx: Context) -> Iterator[Finding]:
-    backend = ctx.config.value(SERVER_BACKEND).strip()
-    if backend == METASTORE_SERVER_BACKEND:
-        yield ok("server_backend", f"[state_store] backend = {backend}")
+    dotted = ctx.config.value(SERVER_BACKEND).strip()
+    if dotted == METASTORE_SERVER_BACKEND:
+        yield ok("server_backend", f"[state_store] backend = {dotted}")
+        return
+    try:
+        backend = import_dotted(dotted)
+    except ImportError as e:
+        yield Finding(
+            "server_backend",
+            Status.FAIL,
+            f"[state_store] backend {dotted!r} does not import ({e}): the API server cannot serve state requests",
+            f"fix the class path or unset [state_store] backend (default {METASTORE_SERVER_BACKEND})",
+        )
+        return
+    from airflow.state.metastore import MetastoreBackend
+
+    # `airflow state-store clean` runs only for an isinstance of MetastoreBackend.
+    if isinstance(backend, type) and issubclass(backend, MetastoreBackend):
+        yield ok("server_backend", f"[state_store] backend = {dotted} (a MetastoreBackend)")
         return
     yield Finding(
         "server_backend",
         Status.WARN,
-        f"[state_store] backend is {backend!r}, not {METASTORE_SERVER_BACKEND}: `airflow state-store clean` "
-        "deletes nothing, and statectl only sees what that backend keeps in the state tables",
+        f"[state_store] backend is {dotted!r}, not a MetastoreBackend: `airflow state-store clean` "
+        "skips it and deletes nothing, and statectl only sees what that backend keeps in the state tables",
         f"unset [state_store] backend (default {METASTORE_SERVER_BACKEND}) unless the custom backend is intended",
     )
+
+
+def import_dotted(dotted: str) -> Any:
+    """The object at a dotted path, imported as Airflow's import_string does (ImportError otherwise)."""
+    module_name, _, attribute = dotted.rpartition(".")
+    if not module_name:
+        raise ImportError(f"{dotted!r} is not a dotted path")
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except AttributeError as e:
+        raise ImportError(f"AttributeError: {e}") from None
+    except ImportError as e:
+        raise ImportError(f"{type(e).__name__}: {e}") from None
 
 
 @check("retention", "set [state_store] default_retention_days to 0 (no expiry) or more")
@@ -245,14 +274,13 @@ def check_worker_backend(ctx: Context) -> Iterator[Finding]:
     if not dotted:
         yield ok("worker_backend", "[workers] state_store_backend is empty: workers keep values in the metastore")
         return
-    module_name, _, class_name = dotted.rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError, ValueError) as e:
+        cls = import_dotted(dotted)
+    except ImportError as e:
         yield Finding(
             "worker_backend",
             Status.FAIL,
-            f"[workers] state_store_backend {dotted!r} does not import ({type(e).__name__}: {e}); workers fail "
+            f"[workers] state_store_backend {dotted!r} does not import ({e}); workers fail "
             "with 'Could not load worker state backend' at the first state store access",
             f"fix the class path (the provider's is {OBJECT_STORAGE_BACKEND}) and install its package on every worker",
         )
@@ -414,21 +442,28 @@ def check_bucket(ctx: Context) -> Iterator[Finding]:
         compression, suffix = None, ""  # reported by the compression check; probe the store itself
     probe = layout.reserved_url(base, f"doctor-{uuid4().hex}{suffix}")
     text = '{"statectl": "doctor probe"}'
+    failure: str | None = None
     try:
         buckets.write_text(probe, text, compression)  # reads it back and compares
         if buckets.read_text(probe) != text:
-            raise StatectlError(f"probe object {probe} read back different bytes")
+            failure = f"probe object {probe} read back different bytes"
     except StatectlError as e:
+        failure = e.message
+    # Whatever happened above, the probe must not stay behind (a missing object counts as deleted).
+    try:
+        errors = [error for _, error in buckets.delete_many([probe]) if error]
+    except StatectlError as e:
+        errors = [e.message]
+    if failure is not None:
+        leftover = f"; could not delete {probe}: {errors[0]}" if errors else ""
         yield Finding(
             "bucket",
             Status.FAIL,
-            f"write/read probe under {base} failed: {e.message}",
+            f"write/read probe under {base} failed: {failure}{leftover}",
             "check the endpoint, the bucket name and the credentials/permissions for the base path (write, read, "
             "delete)",
         )
         return
-    finally:
-        errors = [error for _, error in buckets.delete_many([probe]) if error]
     if errors:
         yield Finding(
             "bucket",

@@ -170,6 +170,7 @@ def test_probe_fails_on_an_unwritable_base(airflow_home: AirflowEnv) -> None:
     assert blocker.read_text() == "x"
 
 
+@pytest.mark.slow  # three doctor runs, each importing Airflow
 def test_exit_codes_of_warnings_and_failures(airflow_home: AirflowEnv) -> None:
     env = airflow_home.with_backend(airflow_home.bucket_url, threshold=70000)  # above the 65535 default
     r, findings = doctor(env)
@@ -217,7 +218,9 @@ PATH = "AIRFLOW__COMMON_IO__STATE_STORE_OBJECTSTORAGE_PATH"
         ({PATH: ""}, "base_path", Status.FAIL, "relative to their working directory", PATH),
         ({PATH: "/data/state"}, "base_path", Status.FAIL, "no URL scheme", "file:///"),
         ({BACKEND: ""}, "base_path", Status.WARN, "do not offload", "state_store_backend"),
-        ({"AIRFLOW__STATE_STORE__BACKEND": "my.custom.Backend"}, "server_backend", Status.WARN,
+        ({"AIRFLOW__STATE_STORE__BACKEND": "my.custom.Backend"}, "server_backend", Status.FAIL,
+         "does not import", "unset"),
+        ({"AIRFLOW__STATE_STORE__BACKEND": "statectl.errors.StatectlError"}, "server_backend", Status.WARN,
          "state-store clean", "unset"),
         ({"AIRFLOW__STATE_STORE__DEFAULT_RETENTION_DAYS": "0"}, "retention", Status.WARN, "prune", "retention"),
         ({"AIRFLOW__STATE_STORE__DEFAULT_RETENTION_DAYS": "-2"}, "retention", Status.FAIL, ">= 0", "retention"),
@@ -236,6 +239,19 @@ def test_configuration_mismatch(
     others = {name: s for name, (s, _, _) in found.items() if name != check}
     assert others["metastore"] is Status.OK
     assert set(found) >= ALL_CHECKS - {"create_if_absent"}
+
+
+def test_server_backend_subclassing_the_metastore_one(
+    airflow_home: AirflowEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `airflow state-store clean` checks isinstance(backend, MetastoreBackend): a subclass is cleaned.
+    (tmp_path / "doctor_state_backend.py").write_text(
+        "from airflow.state.metastore import MetastoreBackend\n\n\nclass Mine(MetastoreBackend):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    env = {**airflow_home.env, "AIRFLOW__STATE_STORE__BACKEND": "doctor_state_backend.Mine"}
+    status, detail, _ = findings_for(env)["server_backend"]
+    assert status is Status.OK and "a MetastoreBackend" in detail
 
 
 def test_unreadable_configuration_is_one_finding(airflow_home: AirflowEnv) -> None:
