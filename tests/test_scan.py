@@ -366,3 +366,46 @@ def test_scan_postgres_s3(
     entries, scan = run_scan(env, RowFilter(dag_id=SCAN_DAG, run_id=run_id, task_id="mapped"))
     assert [e.path.split("/")[2:4] for e in entries] == [["mapped", "0"], ["mapped", "1"], ["mapped", "2"]]
     assert entries[0].referrers == []  # mapped[0]'s own object: its row now points at k0
+
+
+# --------------------------------------------------------------------------- remote listings
+
+
+LISTING_NAMES = ["a-b", "a/x", "a/x/y", "a0", "a.b", "Z", "0", "~t", "%C3%A9", "\u00e9", "b/c/d/e"]
+
+
+def _expected_listing(names: list[str]) -> list[str]:
+    return sorted(f"state/{n}" for n in names)
+
+
+def test_s3_listing_pages_in_key_order(s3_bucket: S3Bucket, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More than one page (1000 keys), folder markers skipped, sizes and times from the listing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    for name, value in s3_bucket.conn_env.items():
+        monkeypatch.setenv(name, value)
+    client = s3_bucket.client()
+    names = LISTING_NAMES + [f"p/{i:04d}" for i in range(1000)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda n: client.put_object(Bucket=s3_bucket.bucket, Key=f"state/{n}", Body=n.encode()), names))
+    client.put_object(Bucket=s3_bucket.bucket, Key="state/marker/", Body=b"")  # a folder marker, not an object
+    client.put_object(Bucket=s3_bucket.bucket, Key="other/x", Body=b"x")  # outside the base
+    base = ObjectURL.parse(s3_bucket.url("state"))
+    listed = list(Buckets().iter_listing(base))
+    assert [o.path for o in listed] == [f"{s3_bucket.bucket}/{k}" for k in _expected_listing(names)]
+    assert all(o.size == len(o.path.split("/", 2)[2].encode()) and o.modified is not None for o in listed)
+    under_a = [o.path for o in Buckets().iter_listing(base, "a/")]
+    assert under_a == [f"{s3_bucket.bucket}/state/a/x", f"{s3_bucket.bucket}/state/a/x/y"]
+
+
+def test_gcs_listing_in_key_order(gcs_bucket: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in gcs_bucket.env.items():
+        monkeypatch.setenv(name, value)
+    fs = gcs_bucket.fs()
+    for name in LISTING_NAMES:
+        fs.pipe(f"{gcs_bucket.bucket}/state/{name}", name.encode())
+    fs.pipe(f"{gcs_bucket.bucket}/other/x", b"x")
+    base = ObjectURL.parse(gcs_bucket.url("state"))
+    listed = list(Buckets().iter_listing(base))
+    assert [o.path for o in listed] == [f"{gcs_bucket.bucket}/{k}" for k in _expected_listing(LISTING_NAMES)]
+    assert all(o.size == len(o.path.split("/", 2)[2].encode()) and o.modified is not None for o in listed)
