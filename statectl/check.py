@@ -45,7 +45,7 @@ DESCRIPTIONS = {
     "orphans": "objects no row references, older than the grace (prune removes them)",
     "outside_base": "refs outside the configured base path (never deleted by statectl)",
     "undecodable": "values that do not decode: bad JSON in a row, corrupt or non-JSON objects (--deep)",
-    "refs_without_backend": "ref rows that workers without [workers] state_store_backend read as the wrapper dict",
+    "refs_without_backend": "ref rows that workers without a state_store_backend read as the wrapper dict",
     "suffix_mismatch": "objects whose suffix is not the configured compression's (written under another setting)",
     "plain_with_backend": "plain rows that workers with the backend return raw, logging 'not written through the "
     "configured state backend'",

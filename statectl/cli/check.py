@@ -112,7 +112,13 @@ def _show(document: dict[str, Any], fmt: Output) -> None:
             continue
         records = [_item_record(item) for item in f["items"]]
         more = f" (first {len(records)} of {f['count']})" if f["count"] > len(records) else ""
-        write_records(records, ["scope", "key", "where", "detail"], fmt, out, title=f"{kind}{more}")
+        if fmt is Output.table:  # whole lines: a table would cut long run ids and URLs
+            out.write(f"\n{kind}{more}:\n")
+            for r in records:
+                named = " ".join(x for x in (r["scope"], f"key {r['key']!r}" if r["key"] else "") if x)
+                out.write(f"  {' | '.join(x for x in (named, r['where'], r['detail']) if x)}\n")
+        else:
+            write_records(records, ["scope", "key", "where", "detail"], fmt, out, title=f"{kind}{more}")
     per_dag = [{"dag": name, **totals} for name, totals in document["per_dag"].items()]
     per_dag.append({"dag": "(total)", **document["totals"]})
     write_records(per_dag, ["dag", "rows", "row_bytes", "objects", "object_bytes"], fmt, out, title="per DAG")
