@@ -409,3 +409,15 @@ def test_gcs_listing_in_key_order(gcs_bucket: Any, monkeypatch: pytest.MonkeyPat
     listed = list(Buckets().iter_listing(base))
     assert [o.path for o in listed] == [f"{gcs_bucket.bucket}/{k}" for k in _expected_listing(LISTING_NAMES)]
     assert all(o.size == len(o.path.split("/", 2)[2].encode()) and o.modified is not None for o in listed)
+
+
+@pytest.mark.slow
+def test_scan_says_incomplete_when_a_ref_cannot_be_placed(scan_home: AirflowEnv) -> None:
+    # Under another scheme, with an empty segment: its text cannot be ordered like the listing's paths.
+    k0 = ref_of_row(scan_home, "writer", "k0")
+    odd = "local://" + k0.removeprefix("file://").replace("/writer/", "/writer//")
+    set_row(scan_home, "mapped", "m", wrapper(odd), 1)
+    entries, scan = run_scan(worker_env_of(scan_home))
+    assert not scan.complete and "could not be placed" in (scan.incomplete_reason or "")
+    assert scan.outside_count == 1 and scan.outside_sample[0].ref == odd
+    assert len(entries) == N_OBJECTS  # everything else is still joined
