@@ -18,7 +18,7 @@ from statectl.codec import Location, StoredValue
 from statectl.errors import ConfigError, NotFoundError, StatectlError, UnreachableError
 from statectl.layout import ObjectURL
 from statectl.metastore import StateRow
-from statectl.scopes import AssetScope, Scope, check_key
+from statectl.scopes import AssetScope, Scope, TaskScope, check_key
 from statectl.store import StateStore
 
 PREVIEW_CHARS = 200
@@ -184,7 +184,11 @@ def where(store: StateStore, scope: Scope, key: str) -> WhereReport:
     report = WhereReport(scope, key, asset, expected, row, stored, row_object, leftovers, notes)
     report.notes[:0] = _explain(report, ref_url, config.worker_backend)
     report.notes.extend(f"object storage not reachable: {e}" for e in errors)
-    if row is None and not (expected and expected.exists) and not leftovers and not errors:
+    if row is None and not (expected and expected.exists) and not leftovers:
+        if errors:
+            raise UnreachableError(errors[0])
+        if isinstance(scope, TaskScope):
+            store.metastore.require_task_instance(scope)  # say which part of the scope is unknown
         looked = f" (looked at {expected_url})" if expected_url else ""
         raise NotFoundError(f"no row and no object for key {key!r} in {scope.kind} {scope.label()}{looked}")
     return report

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from statectl.scopes import TaskScope
 from tests.cli_support import DAG_ID as OPS_DAG
 from tests.cli_support import TASK as OPS_TASK
 from tests.cli_support import core_put, db_snapshot, files_snapshot, local_path, ref_of, statectl
-from tests.infra import AirflowEnv, S3Bucket, json_literal, run_dag, sqlite_env
+from tests.infra import AirflowEnv, S3Bucket, free_port, json_literal, run_dag, sqlite_env
 
 pytestmark = pytest.mark.slow  # the seed runs two DAGs (about 20 s, once per session)
 
@@ -251,12 +252,15 @@ def test_bad_input(seeded_where: AirflowEnv) -> None:
         (["big", "--dag", DAG_ID], ExitCode.USAGE),
         (["..", *flags(seeded_where)], ExitCode.USAGE),
         (["big", "--asset", "no_such_asset"], ExitCode.NOT_FOUND),
+        (["big", "--dag", DAG_ID, "--run", "no_such_run", "--task", TASK], ExitCode.NOT_FOUND),
         (["absent", *flags(seeded_where)], ExitCode.NOT_FOUND),
     ):
         r = statectl(env, "where", *args)
         assert r.code == code, str(r)
         assert r.stderr.startswith("statectl: error: ") and r.stderr.count("\n") == 1, str(r)
         assert "Traceback" not in r.stderr
+        if "no_such_run" in args:
+            assert "no dag run 'no_such_run'" in r.stderr
     assert (db_snapshot(seeded_where), files_snapshot(seeded_where.bucket_dir)) == before
 
 
@@ -273,3 +277,19 @@ def test_where_on_s3_through_a_conn_id(seeded: AirflowEnv, s3_bucket: S3Bucket) 
     assert report["object"]["exists"] is True and report["object"]["size"] == head["ContentLength"]
     assert report["object"]["last_modified"] is not None
     assert any("points at the object the provider computes" in n for n in report["notes"])
+
+
+def test_unreachable_bucket(seeded_where: AirflowEnv, s3_bucket: S3Bucket) -> None:
+    """The row is still shown when the store does not answer; with no row, exit UNREACHABLE."""
+    closed = f"http://127.0.0.1:{free_port()}"
+    conn = json.dumps({"conn_type": "aws", "login": "where", "password": "where-pw", "extra": {"endpoint_url": closed}})
+    env = {**seeded_where.with_backend(s3_bucket.url("state")), "AIRFLOW_CONN_STATECTL_S3": conn}
+    with ThreadPoolExecutor(2) as pool:  # botocore and s3fs retry for about half a minute each
+        shown, absent = pool.map(
+            lambda key: statectl(env, "where", key, *flags(seeded_where), "-o", "json"), ["small", "absent"]
+        )
+    assert shown.code == 0, str(shown)
+    assert shown.json()["row"]["location"] == "inline" and shown.json()["object"]["error"]
+    assert any("object storage not reachable" in n for n in shown.json()["notes"])
+    assert absent.code == ExitCode.UNREACHABLE, str(absent)
+    assert absent.stderr.startswith("statectl: error: object storage s3://") and absent.stderr.count("\n") == 1
