@@ -99,10 +99,9 @@ class PrunePlan:
 
     @property
     def deletions(self) -> int:
-        """Rows + objects the plan would delete."""
-        return sum(
-            self.tallies[c].rows + self.tallies[c].objects for c in (Category.EXPIRED, Category.ORPHANS, Category.OLD)
-        )
+        """Rows + objects the plan would delete (no orphans when they are refused)."""
+        going = [Category.EXPIRED, Category.OLD] + ([] if self.orphans_refused else [Category.ORPHANS])
+        return sum(self.tallies[c].rows + self.tallies[c].objects for c in going)
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -564,3 +564,32 @@ def test_postgres_and_s3_with_conn_id(pg_airflow_home: AirflowEnv, s3_bucket: S3
     assert keys_after == (keys_before - expired_keys) | {"state/nodag/r/t/-1/k.gz"}  # fresh orphan kept, lock gone
     assert report["plan"]["categories"]["fresh_orphans"]["objects"] == 1
     assert "testing" not in r.stderr + json.dumps(report)  # the connection's secret never shows
+
+
+# --------------------------------------------------------------------------- the documented schedules
+
+
+def test_documented_crontab_line_runs_quietly(home: AirflowEnv) -> None:
+    crontab = (Path(__file__).parent.parent / "examples" / "maintenance" / "crontab").read_text()
+    (line,) = [ln for ln in crontab.splitlines() if ln.strip() and not ln.startswith("#")]
+    args = line.split("statectl ", 1)[1].split()
+    r = statectl(env_of(home), *args)
+    assert r.code == 0 and r.stdout == "" and r.stderr == "", str(r)
+    assert set(task_rows(home)) == LIVE
+
+
+def test_example_maintenance_dag_skips_when_the_lock_is_held(home: AirflowEnv) -> None:
+    from tests.infra import run_python
+
+    dag_file = Path(__file__).parent.parent / "examples" / "maintenance" / "statectl_prune_dag.py"
+    code = (
+        "import runpy, json; ns = runpy.run_path(__import__('sys').argv[1]); "
+        "from airflow.sdk import DAG; (d,) = [v for v in ns.values() if isinstance(v, DAG)] or "
+        "[ns['statectl_prune']()]; t = d.get_task('prune'); "
+        "print(json.dumps([d.dag_id, t.bash_command, sorted(t.skip_on_exit_code)]))"
+    )
+    proc = run_python(home.env, code, args=[str(dag_file)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    dag_id, command, skip = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert dag_id == "statectl_prune" and command.startswith("statectl prune --yes")
+    assert skip == [ExitCode.LOCKED]
