@@ -9,7 +9,7 @@ import typer
 
 from statectl.cli import options as opt
 from statectl.cli.main import app, results_only_on_stdout, state
-from statectl.cli.render import Output, default_output, dumps, err, write_records
+from statectl.cli.render import Output, PhaseProgress, default_output, dumps, err, write_records
 from statectl.errors import ExitCode
 
 # The columns that say where a finding is; the first one present in an item names it in the table.
@@ -58,7 +58,7 @@ def check_cli(
     store = state(ctx).store()
     interactive = sys.stderr.isatty()
     try:
-        with results_only_on_stdout(), _Progress(interactive) as progress:
+        with results_only_on_stdout(), PhaseProgress(interactive) as progress:
             report = Check(store, flt, grace=grace_delta, deep=deep, limit=limit, progress=progress).run()
     finally:
         store.close()
@@ -68,35 +68,6 @@ def check_cli(
     else:
         _show(document, fmt)
     return 0 if report.ok(strict) else int(ExitCode.PROBLEMS_FOUND)
-
-
-class _Progress:
-    """A spinner with counts on stderr for people; nothing for scripts."""
-
-    def __init__(self, interactive: bool) -> None:
-        self.interactive = interactive
-        self._progress: Any = None
-        self._tasks: dict[str, Any] = {}
-
-    def __enter__(self) -> Any:
-        if not self.interactive:
-            return None
-        from rich.console import Console
-        from rich.progress import Progress, SpinnerColumn, TextColumn
-
-        columns = (SpinnerColumn(), TextColumn("{task.description}: {task.completed:,}"))
-        self._progress = Progress(*columns, console=Console(file=sys.stderr), transient=True)
-        self._progress.__enter__()
-        return self.advance
-
-    def advance(self, phase: str, count: int) -> None:
-        if phase not in self._tasks:
-            self._tasks[phase] = self._progress.add_task(phase, total=None)
-        self._progress.advance(self._tasks[phase], count)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.__exit__(*exc)
 
 
 def _show(document: dict[str, Any], fmt: Output) -> None:

@@ -9,7 +9,7 @@ import typer
 
 from statectl.cli import options as opt
 from statectl.cli.main import app, results_only_on_stdout, state
-from statectl.cli.render import Output, default_output, dumps, err, warn, write_records
+from statectl.cli.render import Output, PhaseProgress, default_output, dumps, err, warn, write_records
 from statectl.errors import UsageError
 
 
@@ -49,7 +49,9 @@ def prune_cli(
         typer.Option("--batch-size", help="Rows or objects per batch (default and most: 1000).", show_default=False),
     ] = 1000,
     dry_run: opt.DryRun = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Run without asking (cron, scripts).")] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Run without asking (cron, scripts); a progress display on a terminal.")
+    ] = False,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No output on success; only warnings and errors.")
     ] = False,
@@ -81,8 +83,15 @@ def prune_cli(
 
     store = state(ctx).store()
     try:
-        with results_only_on_stdout():
-            report = run_prune(store, options, dry_run=dry_run, confirm=None if yes else confirm, lock_timeout=timeout)
+        with results_only_on_stdout(), PhaseProgress(sys.stderr.isatty() and yes and not quiet) as advance:
+            report = run_prune(
+                store,
+                options,
+                dry_run=dry_run,
+                confirm=None if yes else confirm,
+                lock_timeout=timeout,
+                progress=(lambda count: advance("rows and objects pruned", count)) if advance else None,
+            )
     finally:
         store.close()
     code = int(report.exit_code)

@@ -128,3 +128,32 @@ def write_document(document: dict[str, Any], fmt: Output, out: TextIO, title: st
         for k, v in document.items():
             out.write(f"{k}\t{_cell(v)}\n")
     out.flush()
+
+
+class PhaseProgress:
+    """A spinner with counts on stderr for people; nothing for scripts."""
+
+    def __init__(self, interactive: bool) -> None:
+        self.interactive = interactive
+        self._progress: Any = None
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> Any:
+        if not self.interactive:
+            return None
+        from rich.console import Console
+        from rich.progress import Progress, SpinnerColumn, TextColumn
+
+        columns = (SpinnerColumn(), TextColumn("{task.description}: {task.completed:,}"))
+        self._progress = Progress(*columns, console=Console(file=sys.stderr), transient=True)
+        self._progress.__enter__()
+        return self.advance
+
+    def advance(self, phase: str, count: int) -> None:
+        if phase not in self._tasks:
+            self._tasks[phase] = self._progress.add_task(phase, total=None)
+        self._progress.advance(self._tasks[phase], count)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
