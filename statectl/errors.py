@@ -5,9 +5,10 @@ The core never prints; the CLI turns a StatectlError into one line on stderr.
 
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import IntEnum, unique
 
 
+@unique  # two codes with one value would silently alias each other
 class ExitCode(IntEnum):
     OK = 0
     FAILURE = 1  # unexpected error (a bug: rerun with --debug)
