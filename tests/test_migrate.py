@@ -34,7 +34,16 @@ import pytest
 from statectl.errors import ExitCode
 from statectl.scopes import TaskScope
 from tests.cli_support import Result, core_put, core_store, db_snapshot, files_snapshot, statectl
-from tests.infra import AirflowEnv, S3Bucket, airflow_base_env, free_port, json_literal, run_dag, s3_conn_env
+from tests.infra import (
+    AirflowEnv,
+    S3Bucket,
+    airflow_base_env,
+    free_port,
+    json_literal,
+    run_dag,
+    s3_conn_env,
+    state_writer_dag,
+)
 from tests.migrate_support import (
     REF_KEY,
     RowKey,
@@ -81,39 +90,7 @@ def expected_values() -> dict[RowKey, Any]:
     return values
 
 
-WRITER_SOURCE = f"""
-import json
-from datetime import datetime
-
-from airflow.sdk import Asset, dag, task
-
-ASSET = Asset(name={ASSET_NAME!r}, uri={ASSET_URI!r})
-TASK_VALUES = {json_literal(TASK_VALUES)}
-MAPPED_VALUES = {json_literal(MAPPED_VALUES)}
-ASSET_VALUES = {json_literal(ASSET_VALUES)}
-
-
-@dag(dag_id={WRITER_DAG!r}, schedule=None, start_date=datetime(2024, 1, 1), catchup=False)
-def writer_dag():
-    @task(outlets=[ASSET])
-    def writer(**context):
-        for key, value in TASK_VALUES.items():
-            context["task_state_store"].set(key, value)
-        for key, value in ASSET_VALUES.items():
-            context["asset_state_store"][ASSET].set(key, value)
-
-    @task
-    def mapped(i, **context):
-        context["task_state_store"].set("m", MAPPED_VALUES[str(i)])
-
-    writer() >> mapped.expand(i=[0, 1, 2])
-
-
-d = writer_dag()
-
-if __name__ == "__main__":
-    d.test()
-"""
+WRITER_SOURCE = state_writer_dag(WRITER_DAG, ASSET_NAME, ASSET_URI, TASK_VALUES, MAPPED_VALUES, ASSET_VALUES)
 
 # A real worker reads every asset value back (asset state is not per run, so a new run sees it).
 READER_SOURCE = f"""
