@@ -452,13 +452,12 @@ class Buckets:
         return None
 
     def honours_if_absent(self, base: ObjectURL) -> bool:
-        """Whether create-if-absent writes are atomic on this store: always for local files;
-        for object stores, once per store, a probe under the base path (a conditional PUT that
-        must succeed, the same again that must be refused, then a delete). A store that ignores
-        S3's If-None-Match would silently overwrite, so it is never trusted untested."""
-        if base.is_local:
-            return True
-        key = (base.protocol, base.conn_id)
+        """Whether create-if-absent writes are atomic on this store, from one probe under the base
+        path (a create that must succeed, the same again that must be refused, then a delete):
+        locally a hard link (which some FUSE mounts refuse), on object stores a conditional PUT.
+        A store that ignores S3's If-None-Match would silently overwrite, so none is trusted untested."""
+        # Local directories may sit on different filesystems: one probe per base path there.
+        key = (base.protocol, base.path if base.is_local else base.conn_id)
         if key not in self._honours_if_absent:
             self._honours_if_absent[key] = self._probe_if_absent(base)
         return self._honours_if_absent[key]
@@ -468,7 +467,9 @@ class Buckets:
 
         from statectl.layout import reserved_url
 
-        if not self._is_async(base) or "mode" not in inspect.signature(self.fs(base)._pipe_file).parameters:
+        if not base.is_local and (
+            not self._is_async(base) or "mode" not in inspect.signature(self.fs(base)._pipe_file).parameters
+        ):
             return False
         probe = reserved_url(base, f"probe-{uuid4().hex}")
         try:

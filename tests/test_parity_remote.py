@@ -279,3 +279,19 @@ def test_if_absent_on_gcs(gcs_bucket: GcsBucket, monkeypatch: pytest.MonkeyPatch
     fs = gcs_bucket.fs()
     # Whatever the emulator does with ifGenerationMatch=0, statectl only relies on what the probe saw.
     _if_absent_semantics(Buckets(), base, lambda: [p for p in fs.find(gcs_bucket.bucket) if "statectl~" in p])
+
+
+def test_if_absent_probe_says_no_where_hard_links_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Some FUSE mounts refuse hard links: the probe says so and writes take the checked path."""
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", refuse)
+    buckets = Buckets()
+    base = ObjectURL.parse((tmp_path / "state").as_uri())
+    assert buckets.honours_if_absent(base) is False
+    assert list((tmp_path / "state").iterdir()) == []  # neither the probe nor a temporary file is left
+    url = base.child("dag", "run", "task", "-1", "key")
+    assert buckets.write_many([(url, '{"v": 1}')], None) == [None]
+    assert buckets.read_text(url) == '{"v": 1}'
