@@ -21,11 +21,9 @@ import bz2
 import gzip
 import json
 import os
-import shutil
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +35,14 @@ from tests.cli_support import Result, core_put, core_store, db_snapshot, files_s
 from tests.infra import (
     AirflowEnv,
     S3Bucket,
-    airflow_base_env,
+    WorkerBucketSeed,
     free_port,
     json_literal,
     run_dag,
     s3_conn_env,
+    seed_worker_bucket,
     state_writer_dag,
+    worker_bucket_copy,
 )
 from tests.migrate_support import (
     REF_KEY,
@@ -126,42 +126,17 @@ if __name__ == "__main__":
 # --------------------------------------------------------------------------- fixtures
 
 
-@dataclass(frozen=True)
-class WorkerSeed:
-    db: Path
-    bucket: Path  # the base path the worker wrote under (refs hold its absolute path)
-    pristine: Path  # a copy of the bucket right after the run
-    run_id: str
-
-
 @pytest.fixture(scope="session")
-def worker_seed(airflow_template: Path, tmp_path_factory: pytest.TempPathFactory) -> WorkerSeed:
+def worker_seed(airflow_template: Path, tmp_path_factory: pytest.TempPathFactory) -> WorkerBucketSeed:
     """One real DAG run writing through the real provider: file:// bucket, gzip, threshold 64."""
     root = tmp_path_factory.mktemp("migrate_worker_seed")
-    home, bucket = root / "home", root / "bucket"
-    home.mkdir()
-    bucket.mkdir()
-    db = home / "airflow.db"
-    shutil.copyfile(airflow_template / "airflow.db", db)
-    env = AirflowEnv(home, db, f"sqlite:///{db}", bucket, airflow_base_env(home, f"sqlite:///{db}"))
-    run_dag(env.with_backend(env.bucket_url, WRITER_THRESHOLD, "gzip"), WRITER_SOURCE, root)
-    pristine = root / "pristine"
-    shutil.copytree(bucket, pristine)
-    [(run_id,)] = env.query("SELECT run_id FROM dag_run WHERE dag_id = :d", d=WRITER_DAG)
-    return WorkerSeed(db, bucket, pristine, run_id)
+    return seed_worker_bucket(airflow_template / "airflow.db", root, WRITER_SOURCE, WRITER_THRESHOLD, "gzip")
 
 
 @pytest.fixture
-def worker_written(worker_seed: WorkerSeed, tmp_path: Path) -> AirflowEnv:
+def worker_written(worker_seed: WorkerBucketSeed, tmp_path: Path) -> AirflowEnv:
     """A copy of the worker-written DB, and the worker's bucket directory restored as written."""
-    home = tmp_path / "airflow_home"
-    home.mkdir()
-    db = home / "airflow.db"
-    shutil.copyfile(worker_seed.db, db)
-    shutil.rmtree(worker_seed.bucket)
-    shutil.copytree(worker_seed.pristine, worker_seed.bucket)
-    conn = f"sqlite:///{db}"
-    return AirflowEnv(home, db, conn, worker_seed.bucket, airflow_base_env(home, conn))
+    return worker_bucket_copy(worker_seed, tmp_path)
 
 
 # --------------------------------------------------------------------------- helpers
