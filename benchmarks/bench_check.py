@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_foundation import VENV_BIN, first_row_and_peak, setup_store  # noqa: E402
-from statectl import codec, layout  # noqa: E402
-from statectl.scopes import TaskScope  # noqa: E402
+from statectl.core import codec, layout  # noqa: E402
+from statectl.core.scopes import TaskScope  # noqa: E402
 
 DAG_ID = "statectl_demo"
 BULK = "bulk_"

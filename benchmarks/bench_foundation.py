@@ -150,9 +150,10 @@ def bench_ls(env: dict[str, str], run_id: str, sizes: list[int]) -> list[dict[st
 def in_process_first_row(env: dict[str, str]) -> float:
     """First row from the core library once imported (the query's own latency)."""
     code = (
-        "import time; from statectl.config import Config; from statectl.store import StateStore; "
-        "from statectl.metastore import RowFilter; s = StateStore(Config()); s.metastore.check_schema(); "
-        "t = time.perf_counter(); next(iter(s.ls(RowFilter(assets=False)))); print(time.perf_counter() - t)"
+        "import time; from statectl.core.config import Config; from statectl.stores.store import StateStore; "
+        "from statectl.core.filters import RowFilter; from statectl.ops.values import list_entries; "
+        "s = StateStore(Config()); s.metastore.check_schema(); t = time.perf_counter(); "
+        "next(iter(list_entries(s, RowFilter(assets=False)))); print(time.perf_counter() - t)"
     )
     out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
     return round(float(out.stdout.strip()), 4)

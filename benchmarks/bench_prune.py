@@ -71,8 +71,8 @@ class PruneBed:
     def prepare(self, expired: int, live: int, seed: int) -> dict[str, Any]:
         from psycopg2.extras import execute_values
 
-        from statectl import codec, layout
-        from statectl.scopes import TaskScope
+        from statectl.core import codec, layout
+        from statectl.core.scopes import TaskScope
 
         seeded = self.bed.seed(expired + live, 100, 2000, seed)  # plain rows with values of 100 B .. 2 KB
         base = layout.parse_base_path(self.bed.base)

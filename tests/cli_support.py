@@ -172,6 +172,44 @@ def statectl(env: dict[str, str], *args: str, input: str | None = None, cwd: Pat
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+def statectl_on_terminal(env: dict[str, str], *args: str, answer: str, prompt: str = "[y/N]") -> Result:
+    """Run the entry point with stdin and stderr on a pseudo-terminal (as a person at a shell),
+    type ``answer`` once ``prompt`` shows on stderr; stdout stays a pipe."""
+    import os
+    import pty
+    import select
+    import time
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [STATECTL, *args], env=env, stdin=slave, stderr=slave, stdout=subprocess.PIPE, text=True, close_fds=True
+    )
+    os.close(slave)
+    seen, answered, deadline = b"", False, time.monotonic() + 300
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+            if not answered and prompt.encode() in seen:
+                os.write(master, answer.encode() + b"\n")
+                answered = True
+        elif proc.poll() is not None:
+            break
+    if proc.poll() is None and not answered:
+        proc.kill()  # never asked: do not wait on a question that will not come
+    assert proc.stdout is not None
+    stdout = proc.stdout.read()
+    code = proc.wait(timeout=60)
+    os.close(master)
+    return Result(code, stdout, seen.decode(errors="replace").replace("\r\n", "\n"))
+
+
 def task_flags(run_id: str, task: str = TASK, map_index: int | None = None) -> list[str]:
     flags = ["--dag", DAG_ID, "--run", run_id, "--task", task]
     if map_index is not None:
@@ -229,15 +267,17 @@ def env_without(env: dict[str, str], *names: str) -> dict[str, str]:
 
 def core_store(env: dict[str, str]) -> Any:
     """statectl's own core on this environment (for quick set-up and the core-API tests)."""
-    from statectl.config import Config
-    from statectl.store import StateStore
+    from statectl.core.config import Config
+    from statectl.stores.store import StateStore
 
     return StateStore(Config(environ=env))
 
 
 def core_put(env: dict[str, str], scope: Any, key: str, value: Any, **kwargs: Any) -> Any:
+    from statectl.ops.values import put_value
+
     store = core_store(env)
     try:
-        return store.put(scope, key, value, **kwargs)
+        return put_value(store, scope, key, value, **kwargs)
     finally:
         store.close()

@@ -106,10 +106,10 @@ def state_rows(env: AirflowEnv) -> dict[RowKey, str]:
 
 def core_values(environ: dict[str, str]) -> dict[RowKey, Any]:
     """Every value as statectl's core decodes it (StateStore.decode of each row)."""
-    from statectl import codec
-    from statectl.config import Config
-    from statectl.metastore import RowFilter
-    from statectl.store import StateStore
+    from statectl.core import codec
+    from statectl.core.config import Config
+    from statectl.core.filters import RowFilter
+    from statectl.stores.store import StateStore
 
     store = StateStore(Config(environ=environ))
     try:

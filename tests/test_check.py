@@ -202,11 +202,27 @@ def test_check_postgres_s3(pg_airflow_home: AirflowEnv, s3_bucket: S3Bucket, tmp
     undecodable = {(i["key"], i["what"]) for i in items(report, "undecodable")}
     assert undecodable == {("k0", "object"), ("m", "row")}
     time.sleep(max(0.0, 2 - (time.time() - planted)))
-    graceless = check(env, "--grace", "1s", code=ExitCode.PROBLEMS_FOUND)
+    r = statectl(env, "check", "--grace", "1s", "-o", "json")
+    assert r.code == ExitCode.PROBLEMS_FOUND and "Traceback" not in r.stderr, str(r)
+    graceless = r.json()
     assert graceless["findings"]["orphans"]["count"] == 3
     assert {i["path"] for i in items(graceless, "orphans")} >= {"orphan.gz"}
-    assert s3_bucket.conn_env  # the conn_id's credentials never show up in the output
-    assert "testing" not in json.dumps(graceless)
+    shown = table(env, "--deep", "--grace", "1s", code=ExitCode.PROBLEMS_FOUND)
+
+    # the conn_id's credentials (and the metastore's password), all in the env statectl ran with, never
+    # show up in its output, JSON or table, stdout or stderr
+    [(conn_var, conn_json)] = s3_bucket.conn_env.items()
+    assert env[conn_var] == conn_json
+    conn = json.loads(conn_json)
+    secrets = {"access key": conn["login"], "secret key": conn["password"]}
+    from urllib.parse import urlsplit
+
+    secrets["metastore password"] = urlsplit(home.sql_alchemy_conn).password
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == home.sql_alchemy_conn
+    for what, secret in secrets.items():
+        assert isinstance(secret, str) and len(secret) >= 4, (what, secret)  # a real secret to look for
+        for result in (r, shown):
+            assert secret not in result.stdout and secret not in result.stderr, (what, str(result))
 
 
 @pytest.mark.slow

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from statectl.codec import wrap_ref
+from statectl.core.codec import wrap_ref
+from statectl.core.scopes import AssetScope, TaskScope
 from statectl.errors import ExitCode
-from statectl.scopes import AssetScope, TaskScope
 from tests.cli_support import (
     ASSET,
     DAG_ID,
@@ -189,13 +189,17 @@ def test_unreachable_sqlite_does_not_create_a_file(populated, tmp_path: Path) ->
 
 def test_unreachable_postgres_closed_port(populated) -> None:
     seeded, env = populated
+    before_db, before_files = db_snapshot(seeded), files_snapshot(seeded.bucket_dir)
+    assert len([name for name in before_files if name.endswith(".gz")]) == 2, before_files  # the populated objects
     url = f"postgresql+psycopg2://someone:{PG_PASSWORD}@127.0.0.1:{free_port()}/airflow"
     bad = {**env, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": url}
     for argv in (["get", "wm", "--asset", ASSET], ["ls", "-o", "json"]):
         r = statectl(bad, *argv)
         assert_one_error_line(r, ExitCode.UNREACHABLE)
         assert PG_PASSWORD not in r.stdout + r.stderr
-    assert files_snapshot(seeded.bucket_dir)
+    # an unreachable metastore changes nothing: the bucket (and the SQLite DB it pairs with) exactly as before
+    assert files_snapshot(seeded.bucket_dir) == before_files
+    assert db_snapshot(seeded) == before_db
 
 
 def test_unreachable_bucket_s3_closed_port(populated) -> None:

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from statectl.core.scopes import AssetScope, TaskScope
 from statectl.errors import ExitCode
-from statectl.scopes import AssetScope, TaskScope
+from statectl.ops.values import RemovalOptions, execute_removal, plan_removal, put_value
 from tests.cli_support import (
     ASSET,
     ASSET_URI,
@@ -158,7 +159,7 @@ def test_put_replacing_object_with_other_codec_removes_stale_object_after_commit
 
     store.buckets.delete_many = delete_many
     try:
-        result = store.put(scope, "k", {"v": 2})
+        result = put_value(store, scope, "k", {"v": 2})
     finally:
         store.close()
     assert str(result.url).endswith("/k.bz2") and seen and ref_of(seen[0]) == str(result.url)
@@ -293,14 +294,14 @@ def test_conditional_delete_keeps_a_row_rewritten_meanwhile(listed) -> None:
     scope = TaskScope(DAG_ID, run_id, TASK)
     store = core_store(env)
     try:
-        plan = store.plan_rm(scope, ["job_a", "job_b"])
+        plan = plan_removal(store, RemovalOptions(scope, ("job_a", "job_b")))
         assert len(plan.objects) == 1
         obj = local_path(str(next(iter(plan.objects.values()))))
         # A worker rewrites job_a (same object path, new content) between plan and execute.
         new_value = task_rows(seeded)[(TASK, -1, "job_a")].replace('"}', '" }')
         with sqlite3.connect(seeded.db_path) as other:
             other.execute("UPDATE task_state_store SET value = ? WHERE \"key\" = 'job_a'", (new_value,))
-        report = store.execute_removal(plan)
+        report = execute_removal(store, plan)
     finally:
         store.close()
     assert [r.key for r in report.rows_changed] == ["job_a"]
@@ -311,22 +312,22 @@ def test_conditional_delete_keeps_a_row_rewritten_meanwhile(listed) -> None:
 
 def test_conditional_delete_exit_code_8_through_the_entry_point(listed, monkeypatch, capsys) -> None:
     """The CLI path: a row rewritten between plan and execute gives exit 8 and a warning."""
+    import statectl.ops.values
     from statectl.cli import main
-    from statectl.store import StateStore
 
     seeded, env, run_id = listed
     for name in [k for k in os.environ if k.startswith("AIRFLOW")]:
         monkeypatch.delenv(name)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    real_execute = StateStore.execute_removal
+    real_execute = statectl.ops.values.execute_removal
 
-    def racing_execute(self, plan, *, dry_run=False):
+    def racing_execute(store, plan, progress=None):
         with sqlite3.connect(seeded.db_path) as other:
             other.execute("UPDATE task_state_store SET value = '{\"rewritten\": 1}' WHERE \"key\" = 'job_a'")
-        return real_execute(self, plan, dry_run=dry_run)
+        return real_execute(store, plan, progress)
 
-    monkeypatch.setattr(StateStore, "execute_removal", racing_execute)
+    monkeypatch.setattr(statectl.ops.values, "execute_removal", racing_execute)
     monkeypatch.setattr("sys.argv", ["statectl", "rm", "job_a", "job_b", *task_flags(run_id), "-o", "json"])
     with pytest.raises(SystemExit) as exit_info:
         main.run()

@@ -1,4 +1,4 @@
-"""statectl.config.Config against Airflow's own `airflow.configuration.conf` as the oracle.
+"""statectl.core.config.Config against Airflow's own `airflow.configuration.conf` as the oracle.
 
 Each scenario is an environment plus an airflow.cfg; the oracle runs in a subprocess with the
 same environment, and every option statectl resolves must equal what Airflow returns.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from statectl.config import OBJECT_STORAGE_BACKEND, OPTIONS, Config, Overrides
+from statectl.core.config import OBJECT_STORAGE_BACKEND, OPTIONS, Config, Overrides
 from tests.cli_support import statectl
 from tests.infra import PYTHON, clean_env
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from statectl.config import Config
-from statectl.doctor import CHECKS, Status, run_doctor
+from statectl.core.config import Config
 from statectl.errors import ExitCode
+from statectl.ops.doctor import CHECKS, Status, run_doctor
 from tests.cli_support import Result, files_snapshot, statectl
 from tests.infra import AWS_KEY, AWS_REGION, PG_PASSWORD, AirflowEnv, S3Bucket, dag_run_states, free_port, run_dag
 

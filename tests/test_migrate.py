@@ -29,8 +29,8 @@ from typing import Any
 
 import pytest
 
+from statectl.core.scopes import TaskScope
 from statectl.errors import ExitCode
-from statectl.scopes import TaskScope
 from tests.cli_support import Result, core_put, core_store, db_snapshot, files_snapshot, statectl
 from tests.infra import (
     AirflowEnv,
@@ -376,8 +376,8 @@ def test_to_metastore_keep_objects(worker_written: AirflowEnv) -> None:
 def test_objects_are_verified_before_rows_point_to_them_and_deleted_after(worker_written: AirflowEnv) -> None:
     """relocate through the core API: at each batch's row update every new object already holds the
     value and every old one is still there; old objects go only once the rows are committed."""
-    from statectl.metastore import RowFilter
-    from statectl.migrate import Direction, Migration, build_target
+    from statectl.core.filters import RowFilter
+    from statectl.ops.migrate import Direction, Migration, build_target
 
     home = worker_written
     env = home.with_backend(home.bucket_url, WRITER_THRESHOLD, "gzip")
@@ -421,7 +421,7 @@ def test_objects_are_verified_before_rows_point_to_them_and_deleted_after(worker
 
 def _changing_migration(home: AirflowEnv, victim: RowKey, worker_text: str):
     """A Migration that lets a 'worker' rewrite one row right before the batch's conditional updates."""
-    from statectl.migrate import Migration
+    from statectl.ops.migrate import Migration
 
     class WorkerWritesMeanwhile(Migration):
         def _update_rows(self, items, report):
@@ -450,8 +450,8 @@ def _changing_migration(home: AirflowEnv, victim: RowKey, worker_text: str):
 
 @pytest.mark.parametrize("victim", [("writer", -1, "big"), (None, -1, "watermark")], ids=["task", "asset"])
 def test_row_changed_between_plan_and_update_is_skipped_and_reported(worker_written: AirflowEnv, victim) -> None:
-    from statectl.metastore import RowFilter
-    from statectl.migrate import Direction, build_target
+    from statectl.core.filters import RowFilter
+    from statectl.ops.migrate import Direction, build_target
 
     home = worker_written
     env = home.with_backend(home.bucket_url, WRITER_THRESHOLD, "gzip")
@@ -480,13 +480,13 @@ def test_cli_exits_partial_when_a_row_changed_meanwhile(worker_written: AirflowE
     """The CLI path (in-process, same code as the entry point) exits 8 and names the row."""
     from typer.testing import CliRunner
 
-    import statectl.migrate
+    import statectl.ops.migrate
     from statectl.cli.main import app
 
     home = worker_written
     victim: RowKey = ("mapped", 1, "m")
     cls = _changing_migration(home, victim, json.dumps("worker"))
-    monkeypatch.setattr(statectl.migrate, "Migration", cls)
+    monkeypatch.setattr(statectl.ops.migrate, "Migration", cls)
     environ = home.with_backend(home.bucket_url, WRITER_THRESHOLD, "gzip")
     for name in [n for n in os.environ if n.startswith("AIRFLOW")]:
         monkeypatch.delenv(name)
@@ -632,6 +632,19 @@ def test_without_yes_off_a_terminal_it_refuses(worker_written: AirflowEnv) -> No
     db_before, files_before = db_snapshot(home), files_snapshot(home.bucket_dir)
     r = run(env, "migrate", "to-metastore", code=ExitCode.USAGE)
     assert "--yes" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert db_snapshot(home) == db_before and files_snapshot(home.bucket_dir) == files_before
+
+
+def test_on_a_terminal_the_plan_is_asked_for_and_no_changes_nothing(worker_written: AirflowEnv) -> None:
+    from tests.cli_support import statectl_on_terminal
+
+    home = worker_written
+    env = home.with_backend(home.bucket_url, WRITER_THRESHOLD, "gzip")
+    db_before, files_before = db_snapshot(home), files_snapshot(home.bucket_dir)
+    r = statectl_on_terminal(env, "migrate", "to-metastore", answer="n")
+    total = len(expected_values())
+    assert r.code == 0 and f"Migrate {total} row(s) to-metastore?" in r.stderr, str(r)
+    assert "nothing changed" in r.stderr and "Traceback" not in r.stderr, str(r)
     assert db_snapshot(home) == db_before and files_snapshot(home.bucket_dir) == files_before
 
 

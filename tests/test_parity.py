@@ -19,13 +19,14 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from statectl import codec, layout
-from statectl.bucket import Buckets
-from statectl.codec import Location
-from statectl.config import Config
+from statectl.core import codec, layout
+from statectl.core.codec import Location
+from statectl.core.config import Config
+from statectl.core.scopes import AssetScope, TaskScope
 from statectl.errors import ConfigError, DataError, UsageError
-from statectl.scopes import AssetScope, TaskScope
-from statectl.store import StateStore
+from statectl.ops.values import put_value
+from statectl.stores.bucket import Buckets
+from statectl.stores.store import StateStore
 from tests.parity_support import (
     decompress,
     normalized,
@@ -186,7 +187,7 @@ def test_refused_segments_refused_by_both(provider, sdk, bad: str, where: str) -
             store.object_url_for(TaskScope(*scope_args), parts["key"])
         if where == "key":
             with pytest.raises(UsageError):  # the write path refuses before any I/O too
-                store.put(TaskScope("d", "r", "t"), bad, 1)
+                put_value(store, TaskScope("d", "r", "t"), bad, 1)
 
 
 def test_asset_refused_identifier_for_empty_name_falls_back_like_provider(provider, sdk) -> None:

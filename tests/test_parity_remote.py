@@ -20,13 +20,13 @@ from typing import Any
 
 import pytest
 
-from statectl import codec
-from statectl.bucket import Buckets, ObjectExists
-from statectl.codec import Location
-from statectl.config import Config
-from statectl.layout import ObjectURL
-from statectl.scopes import AssetScope, TaskScope
-from statectl.store import StateStore
+from statectl.core import codec
+from statectl.core.codec import Location
+from statectl.core.config import Config
+from statectl.core.layout import ObjectURL
+from statectl.core.scopes import AssetScope, TaskScope
+from statectl.stores.bucket import Buckets, ObjectExists
+from statectl.stores.store import StateStore
 from tests.infra import GcsBucket, S3Bucket
 from tests.parity_support import (
     decompress,
@@ -277,8 +277,16 @@ def test_if_absent_on_gcs(gcs_bucket: GcsBucket, monkeypatch: pytest.MonkeyPatch
         monkeypatch.setenv(k, v)
     base = ObjectURL.parse(gcs_bucket.url("state"))
     fs = gcs_bucket.fs()
-    # Whatever the emulator does with ifGenerationMatch=0, statectl only relies on what the probe saw.
-    _if_absent_semantics(Buckets(), base, lambda: [p for p in fs.find(gcs_bucket.bucket) if "statectl~" in p])
+    buckets = Buckets()
+    # gcp-storage-emulator accepts ifGenerationMatch=0 and overwrites anyway: the probe's second create
+    # is not refused, so the verdict is no, and writes take the checked path (plain writes, read back).
+    honoured = _if_absent_semantics(buckets, base, lambda: [p for p in fs.find(gcs_bucket.bucket) if "statectl~" in p])
+    assert honoured is False
+    assert buckets.honours_if_absent(base) is False  # the same verdict for the rest of the run
+    # Why the verdict must be no: a "create-if-absent" write onto an existing object replaces it here.
+    url = base.child("dag", "run", "task", "-1", "key.gz")
+    assert buckets.write_many([(url, '{"v": 4}')], "gzip", if_absent=True) == [None]
+    assert buckets.read_text(url) == '{"v": 4}'
 
 
 def test_if_absent_probe_says_no_where_hard_links_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

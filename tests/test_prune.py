@@ -368,9 +368,9 @@ def test_stale_lock_is_taken_over_and_released(home: AirflowEnv) -> None:
 
 
 def test_lock_released_after_a_failure(home: AirflowEnv) -> None:
-    from statectl.bucket import Buckets
-    from statectl.layout import parse_base_path
-    from statectl.lock import BucketLock, LockHeld
+    from statectl.core.layout import parse_base_path
+    from statectl.stores.bucket import Buckets
+    from statectl.stores.lock import BucketLock, LockHeld
 
     base = parse_base_path(home.bucket_url)
     with pytest.raises(RuntimeError), BucketLock(Buckets(), base) as held:
@@ -383,9 +383,9 @@ def test_lock_released_after_a_failure(home: AirflowEnv) -> None:
 
 
 def test_heartbeat_refreshes_and_a_lost_lock_stops_the_holder(home: AirflowEnv) -> None:
-    from statectl.bucket import Buckets
-    from statectl.layout import parse_base_path
-    from statectl.lock import BucketLock, LockLost
+    from statectl.core.layout import parse_base_path
+    from statectl.stores.bucket import Buckets
+    from statectl.stores.lock import BucketLock, LockLost
 
     base = parse_base_path(home.bucket_url)
     lock_file = home.bucket_dir / LOCK
@@ -455,8 +455,8 @@ def test_quiet_prints_nothing_on_success(home: AirflowEnv) -> None:
 
 def seed_expired_bulk(home: AirflowEnv, count: int) -> list[Path]:
     """`count` expired rows with objects at the provider's paths, and as many live ones."""
-    from statectl.layout import object_url, parse_base_path
-    from statectl.scopes import TaskScope
+    from statectl.core.layout import object_url, parse_base_path
+    from statectl.core.scopes import TaskScope
 
     assert home.db_path is not None
     base = parse_base_path(home.bucket_url)
@@ -593,3 +593,101 @@ def test_example_maintenance_dag_skips_when_the_lock_is_held(home: AirflowEnv) -
     dag_id, command, skip = json.loads(proc.stdout.strip().splitlines()[-1])
     assert dag_id == "statectl_prune" and command.startswith("statectl prune --yes")
     assert skip == [ExitCode.LOCKED]
+
+
+# --------------------------------------------------------------------------- exactly what was planned
+
+
+def test_a_confirmed_plan_is_run_at_its_moment_and_never_exceeded(home: AirflowEnv) -> None:
+    """Between the plan and its confirmation a row's expiry passes, another row is made expired
+    and an old orphan appears: execution judges at the plan's moment and deletes no more than the
+    plan counted; the new orphan and the newly expired row are left for the next run and counted."""
+    from statectl.ops.prune import PruneOptions, PrunePlan, run_prune
+    from tests.cli_support import core_store
+
+    env = env_of(home)
+    before = task_rows(home)
+    hour_object = ref_path(before[("writer", -1, "hour")])
+    forever_object = ref_path(before[("writer", -1, "forever")])
+    assert hour_object is not None and forever_object is not None
+    late_orphan = home.bucket_dir / "late_dag" / "r" / "t" / "-1" / "k.gz"
+    shown: list[int] = []
+
+    def confirm(plan: PrunePlan) -> bool:
+        shown.append(plan.deletions)
+        assert home.db_path is not None
+        with sqlite3.connect(home.db_path) as conn:
+            soon = (plan.at + timedelta(milliseconds=300)).strftime("%Y-%m-%d %H:%M:%S.%f")
+            past = (plan.at - timedelta(minutes=1)).strftime("%Y-%m-%d %H:%M:%S.%f")
+            conn.execute("UPDATE task_state_store SET expires_at = ? WHERE \"key\" = 'hour'", (soon,))
+            # Re-set with a retention that has passed already (a writer stamps updated_at).
+            conn.execute(
+                "UPDATE task_state_store SET expires_at = ?, updated_at = ? WHERE \"key\" = 'forever'",
+                (past, (plan.at + timedelta(milliseconds=100)).strftime("%Y-%m-%d %H:%M:%S.%f")),
+            )
+        age(write_gz(late_orphan, {"late": 1}), timedelta(hours=3))
+        time.sleep(0.5)  # 'hour' has expired by the wall clock now, not at the plan's moment
+        return True
+
+    store = core_store(env)
+    try:
+        report = run_prune(store, PruneOptions(), confirm=confirm)
+    finally:
+        store.close()
+    document = report.as_dict()
+    assert shown == [report.plan.deletions] and report.plan.deletions == 7  # 4 expired rows, 3 objects
+    assert report.deletions == 7 and report.deletions <= shown[0], document
+    assert document["beyond_plan"] == {"expired": 2, "orphans": 1}, document
+    assert report.exit_code == ExitCode.OK
+    after = task_rows(home)
+    assert ("writer", -1, "hour") in after and hour_object.exists(), "expired after the plan's moment: kept"
+    assert ("writer", -1, "forever") in after and forever_object.exists(), "not in the confirmed plan: kept"
+    assert late_orphan.exists(), "not in the confirmed plan: kept"
+    # The next run takes what was left, by its own plan.
+    again = prune(env, "--yes")
+    assert again["deleted"]["orphans"]["objects"] == 1 and not late_orphan.exists()
+    assert ("writer", -1, "hour") not in task_rows(home) and ("writer", -1, "forever") not in task_rows(home)
+
+
+def test_unconfirmed_runs_take_what_is_eligible_at_the_plans_moment(home: AirflowEnv) -> None:
+    """--yes (no question): nothing is capped, but the moment is still the plan's."""
+    from statectl.ops.prune import PruneOptions, execute_prune, plan_prune
+    from tests.cli_support import core_store
+
+    store = core_store(env_of(home))
+    try:
+        plan = plan_prune(store, PruneOptions())
+        assert home.db_path is not None
+        with sqlite3.connect(home.db_path) as conn:
+            soon = (plan.at + timedelta(milliseconds=200)).strftime("%Y-%m-%d %H:%M:%S.%f")
+            conn.execute("UPDATE task_state_store SET expires_at = ? WHERE \"key\" = 'hour'", (soon,))
+        time.sleep(0.4)
+        report = execute_prune(store, plan)
+    finally:
+        store.close()
+    assert report.deletions == plan.deletions and report.beyond_plan == {}
+    assert ("writer", -1, "hour") in task_rows(home)
+
+
+def test_declined_confirmation_exits_0_and_changes_nothing(home: AirflowEnv) -> None:
+    from tests.cli_support import statectl_on_terminal
+
+    env = env_of(home)
+    db_before, files_before = db_snapshot(home), files_snapshot(home.bucket_dir)
+    r = statectl_on_terminal(env, "prune", answer="n")
+    assert r.code == 0, str(r)
+    assert "Delete 7 row(s) and object(s)?" in r.stderr and "nothing changed" in r.stderr, str(r)
+    assert "Traceback" not in r.stderr
+    assert db_snapshot(home) == db_before and files_snapshot(home.bucket_dir) == files_before
+    # Confirmed, it deletes what it showed.
+    r = statectl_on_terminal(env, "prune", "-o", "json", answer="y")
+    assert r.code == 0 and json.loads(r.stdout)["deletions"] == 7, str(r)
+
+
+def test_plain_output_names_its_columns(home: AirflowEnv) -> None:
+    env = env_of(home)
+    r = statectl(env, "prune", "--dry-run", "-o", "plain")
+    assert r.code == 0, str(r)
+    lines = r.stdout.splitlines()
+    assert lines[0] == "category\trows\tobjects\tbytes"
+    assert lines[1].split("\t")[:3] == ["expired", "4", "3"]

@@ -1,4 +1,4 @@
-"""statectl.scan: the merge join of the listing under the base path and the rows' refs, on real stores.
+"""statectl.ops.scan: the merge join of the listing under the base path and the rows' refs, on real stores.
 
 State is written by a real DAG run through the real provider (SQLite + file://, gzip, a threshold that
 sends one value inline; PostgreSQL + moto S3 with a conn_id), then problems are planted for real:
@@ -24,13 +24,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from statectl.bucket import Buckets
-from statectl.config import Config
-from statectl.layout import ObjectURL
-from statectl.metastore import RowFilter
-from statectl.scan import Scan, ScanEntry, region_for
-from statectl.scopes import TaskScope
-from statectl.store import StateStore
+from statectl.core.config import Config
+from statectl.core.filters import RowFilter
+from statectl.core.layout import ObjectURL
+from statectl.core.scopes import TaskScope
+from statectl.ops.scan import Scan, ScanEntry, region_for
+from statectl.stores.bucket import Buckets
+from statectl.stores.store import StateStore
 from tests.infra import (
     AirflowEnv,
     S3Bucket,

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from statectl.core.scopes import TaskScope
 from statectl.errors import ExitCode
-from statectl.scopes import TaskScope
 from tests.cli_support import DAG_ID as OPS_DAG
 from tests.cli_support import TASK as OPS_TASK
 from tests.cli_support import core_put, db_snapshot, files_snapshot, local_path, ref_of, statectl

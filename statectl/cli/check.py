@@ -8,9 +8,12 @@ from typing import Annotated, Any
 import typer
 
 from statectl.cli import options as opt
-from statectl.cli.main import app, results_only_on_stdout, state
-from statectl.cli.render import Output, PhaseProgress, default_output, dumps, err, write_records
-from statectl.errors import ExitCode
+from statectl.cli.app import open_store
+from statectl.cli.render import Output, ProgressDisplay, default_output, err, render_report, write_records
+from statectl.core.filters import filter_from_flags
+from statectl.core.scopes import ScopeFlags, task_label
+
+app = typer.Typer()
 
 # The columns that say where a finding is; the first one present in an item names it in the table.
 _WHERE = ("path", "ref", "url")
@@ -49,25 +52,15 @@ def check_cli(
     output: opt.OutputOpt = None,
 ) -> int:
     """Scan the metastore and the bucket; exit 12 when problems are found (-o json for monitoring)."""
-    from statectl.check import Check
-    from statectl.durations import parse_duration
+    from statectl.core.durations import parse_duration
+    from statectl.ops.check import CheckOptions, run_check
 
-    flt = opt.row_filter(dag, run, task, map_index, asset, asset_uri, assets, tasks)
-    grace_delta = parse_duration(grace, "--grace")
+    flt = filter_from_flags(ScopeFlags(dag, run, task, map_index, asset, asset_uri), assets=assets, tasks=tasks)
+    options = CheckOptions(flt, grace=parse_duration(grace, "--grace"), deep=deep, limit=limit, strict=strict)
     fmt = output or default_output(sys.stdout)
-    store = state(ctx).store()
-    interactive = sys.stderr.isatty()
-    try:
-        with results_only_on_stdout(), PhaseProgress(interactive) as progress:
-            report = Check(store, flt, grace=grace_delta, deep=deep, limit=limit, progress=progress).run()
-    finally:
-        store.close()
-    document = report.as_dict(strict)
-    if fmt in (Output.json, Output.jsonl):
-        sys.stdout.write(dumps(document) + "\n")
-    else:
-        _show(document, fmt)
-    return 0 if report.ok(strict) else int(ExitCode.PROBLEMS_FOUND)
+    with open_store(ctx) as store, ProgressDisplay(sys.stderr.isatty()) as progress:
+        report = run_check(store, options, progress=progress)
+    return render_report(report, fmt, lambda document: _show(document, fmt))
 
 
 def _show(document: dict[str, Any], fmt: Output) -> None:
@@ -77,7 +70,7 @@ def _show(document: dict[str, Any], fmt: Output) -> None:
         for kind, f in document["findings"].items()
     ]
     title = "statectl check: " + ("ok" if document["ok"] else f"{document['problems']} problem(s)")
-    write_records(summary, ["finding", "severity", "count", "what"], fmt, out, title=title)
+    write_records(summary, ["finding", "severity", "count", "what"], fmt, out, title=title, header=True)
     for kind, f in document["findings"].items():
         if not f["items"]:
             continue
@@ -89,10 +82,11 @@ def _show(document: dict[str, Any], fmt: Output) -> None:
                 named = " ".join(x for x in (r["scope"], f"key {r['key']!r}" if r["key"] else "") if x)
                 out.write(f"  {' | '.join(x for x in (named, r['where'], r['detail']) if x)}\n")
         else:
-            write_records(records, ["scope", "key", "where", "detail"], fmt, out, title=f"{kind}{more}")
+            write_records(records, ["scope", "key", "where", "detail"], fmt, out, title=f"{kind}{more}", header=True)
     per_dag = [{"dag": name, **totals} for name, totals in document["per_dag"].items()]
     per_dag.append({"dag": "(total)", **document["totals"]})
-    write_records(per_dag, ["dag", "rows", "row_bytes", "objects", "object_bytes"], fmt, out, title="per DAG")
+    columns = ["dag", "rows", "row_bytes", "objects", "object_bytes"]
+    write_records(per_dag, columns, fmt, out, title="per DAG", header=True)
     if not document["scan_complete"]:
         err(f"statectl: the scan is incomplete: {document['incomplete_reason']}")
     for note in document["notes"]:
@@ -101,8 +95,7 @@ def _show(document: dict[str, Any], fmt: Output) -> None:
 
 def _item_record(item: dict[str, Any]) -> dict[str, Any]:
     if item.get("kind") == "task":
-        suffix = "" if item["map_index"] == -1 else f"[{item['map_index']}]"
-        scope = f"{item['dag_id']}/{item['run_id']}/{item['task_id']}{suffix}"
+        scope = task_label(item["dag_id"], item["run_id"], item["task_id"], item["map_index"])
     elif item.get("kind") == "asset":
         scope = f"asset {item['asset']}"
     else:

@@ -7,8 +7,10 @@ import sys
 import typer
 
 from statectl.cli import options as opt
-from statectl.cli.main import app, state
+from statectl.cli.app import state
 from statectl.cli.render import Output, default_output, dumps, write_records
+
+app = typer.Typer()
 
 
 @app.command("config")

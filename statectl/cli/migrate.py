@@ -3,78 +3,62 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
 
 from statectl.cli import options as opt
-from statectl.cli.main import app, results_only_on_stdout, state
-from statectl.cli.render import Output, default_output, dumps, err, warn, write_records
-from statectl.errors import ExitCode, UsageError
+from statectl.cli.app import open_store
+from statectl.cli.render import Output, ProgressDisplay, default_output, dumps, err, warn, write_records
+from statectl.core.filters import filter_from_flags
+from statectl.core.scopes import ScopeFlags
 
+if TYPE_CHECKING:
+    from statectl.ops.migrate import MigrationOptions, MigrationReport
+    from statectl.stores.store import StateStore
+
+app = typer.Typer()
 migrate_app = typer.Typer(
     help="Move state between the metastore and the bucket, or between buckets, without losing a value.",
     no_args_is_help=True,
 )
 app.add_typer(migrate_app, name="migrate")
 
-Yes = Annotated[bool, typer.Option("--yes", "-y", help="Run without asking (cron, scripts).")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Rows per batch (one transaction each).")]
 Concurrency = Annotated[int | None, typer.Option("--concurrency", help="Parallel object I/O (default: global).")]
 
 
 def _run(
     ctx: typer.Context,
-    direction: str,
-    flt: Any,
+    options: MigrationOptions,
     *,
     dry_run: bool,
     yes: bool,
-    batch_size: int,
     concurrency: int | None,
     output: Output | None,
-    to: str | None = None,
-    compression: str | None = None,
-    keep_objects: bool = False,
 ) -> int:
-    from statectl.migrate import Direction, Migration, build_target
+    from statectl.ops.migrate import run_migration
 
     fmt = output or default_output(sys.stdout)
-    interactive = sys.stdin.isatty() and sys.stderr.isatty()
-    if not dry_run and not yes and not interactive:
-        raise UsageError("refusing to migrate without --yes when not on a terminal (or use --dry-run)")
-    app_state = state(ctx)
-    if concurrency is not None:
-        if not 1 <= concurrency <= 256:
-            raise UsageError("--concurrency must be between 1 and 256")
-        app_state.concurrency = concurrency
-    store = app_state.store()
-    out = sys.stdout
-    try:
-        with results_only_on_stdout():
-            if compression is not None and compression.lower() in ("", "none"):
-                compression = ""
-            target = build_target(
-                store, Direction(direction), to=to, compression=compression, keep_objects=keep_objects
-            )
-            migration = Migration(store, target, flt, batch_size=batch_size)
-            store.check_reachable(target.base, target.source_base)
-            total = migration.count()
-            if total == 0:
-                err("no rows match the filters: nothing to migrate")
-            if dry_run or not yes:
-                plan = _with_progress(lambda p: migration.plan(p), total, "planning", interactive)
-                _show(plan, fmt if dry_run else Output.table, out if dry_run else sys.stderr)
-                if dry_run:
-                    return 0
-                if not typer.confirm(f"Migrate {total} row(s) {direction}?", default=False, err=True):
-                    err("nothing changed")
-                    return int(ExitCode.USAGE)
-            report = _with_progress(lambda p: migration.execute(p), total, direction, interactive)
-    finally:
-        store.close()
-    _show(report, fmt, out)
-    _advise(store, target, report)
+    direction = options.direction.value
+    interactive = opt.require_yes(dry_run=dry_run, yes=yes, what="migrate")
+
+    display = ProgressDisplay(interactive)
+
+    def confirm(plan: MigrationReport) -> bool:
+        with display.paused():
+            _show(plan, Output.table, sys.stderr)
+            return opt.ask(f"Migrate {plan.selected} row(s) {direction}?")
+
+    with open_store(ctx, concurrency=concurrency) as store, display as progress:
+        report = run_migration(store, options, dry_run=dry_run, confirm=None if yes else confirm, progress=progress)
+    if report.selected == 0:
+        err("no rows match the filters: nothing to migrate")
+    if report.declined:
+        err("nothing changed")
+        return int(report.exit_code)
+    _show(report, fmt, sys.stdout)
+    _advise(store, report)
     if not report.ok:
         for label in report.changed_meanwhile[:20]:
             warn(f"{label}: rewritten meanwhile (by a worker?); left as it is, re-run to migrate it")
@@ -82,36 +66,10 @@ def _run(
             warn(f"{label}: {error}")
         if report.interrupted:
             warn(f"stopped: {report.interrupted}; what was done is consistent, re-run to finish")
-        return int(ExitCode.PARTIAL)
-    return 0
+    return int(report.exit_code)
 
 
-def _with_progress(work: Any, total: int, label: str, interactive: bool) -> Any:
-    """A rich progress bar on stderr for people; nothing for scripts."""
-    if not interactive or total == 0:
-        return work(None)
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, TransferSpeedColumn(), console=_stderr_console(), transient=True) as progress:
-        task_id = progress.add_task(label, total=total)
-        return work(lambda rows, _bytes: progress.advance(task_id, rows))
-
-
-def _stderr_console() -> Any:
-    from rich.console import Console
-
-    return Console(file=sys.stderr)
-
-
-def _show(report: Any, fmt: Output, out: Any) -> None:
+def _show(report: MigrationReport, fmt: Output, out: TextIO) -> None:
     document = report.as_dict()
     if fmt in (Output.json, Output.jsonl):
         out.write(dumps(document) + "\n")
@@ -138,12 +96,13 @@ def _show(report: Any, fmt: Output, out: Any) -> None:
         warn(f"{label} is over [state_store] max_value_storage_bytes: moved; the REST API would refuse it")
 
 
-def _advise(store: Any, target: Any, report: Any) -> None:
+def _advise(store: StateStore, report: MigrationReport) -> None:
     """The configuration the workers need next, so that they read what statectl wrote."""
-    from statectl.config import OBJECT_STORAGE_BACKEND
-    from statectl.migrate import Direction
+    from statectl.core.config import OBJECT_STORAGE_BACKEND
+    from statectl.ops.migrate import Direction
 
-    if report.dry_run:
+    target = report.target
+    if report.dry_run or target is None:
         return
     # Until every row is migrated, workers on the new configuration would misread the rest.
     nxt = "next, on every worker" if report.ok else "once a re-run exits 0, on every worker"
@@ -169,16 +128,17 @@ def to_bucket_cli(
     assets: opt.Assets = False,
     tasks: opt.Tasks = False,
     dry_run: opt.DryRun = False,
-    yes: Yes = False,
+    yes: opt.Yes = False,
     batch_size: BatchSize = 500,
     concurrency: Concurrency = None,
     output: opt.OutputOpt = None,
 ) -> int:
     """Rewrite rows as a worker with the object storage backend would: objects at or above the threshold."""
-    flt = opt.row_filter(dag, run, task, map_index, asset, asset_uri, assets, tasks)
-    return _run(
-        ctx, "to-bucket", flt, dry_run=dry_run, yes=yes, batch_size=batch_size, concurrency=concurrency, output=output
-    )
+    from statectl.ops.migrate import Direction, MigrationOptions
+
+    flt = filter_from_flags(ScopeFlags(dag, run, task, map_index, asset, asset_uri), assets=assets, tasks=tasks)
+    options = MigrationOptions(Direction.TO_BUCKET, flt, batch_size=batch_size)
+    return _run(ctx, options, dry_run=dry_run, yes=yes, concurrency=concurrency, output=output)
 
 
 @migrate_app.command("to-metastore")
@@ -196,24 +156,17 @@ def to_metastore_cli(
         bool, typer.Option("--keep-objects", help="Keep the objects after the rows hold the values.")
     ] = False,
     dry_run: opt.DryRun = False,
-    yes: Yes = False,
+    yes: opt.Yes = False,
     batch_size: BatchSize = 500,
     concurrency: Concurrency = None,
     output: opt.OutputOpt = None,
 ) -> int:
     """Put every value back in its row as plain JSON, then delete the objects it referenced."""
-    flt = opt.row_filter(dag, run, task, map_index, asset, asset_uri, assets, tasks)
-    return _run(
-        ctx,
-        "to-metastore",
-        flt,
-        dry_run=dry_run,
-        yes=yes,
-        batch_size=batch_size,
-        concurrency=concurrency,
-        output=output,
-        keep_objects=keep_objects,
-    )
+    from statectl.ops.migrate import Direction, MigrationOptions
+
+    flt = filter_from_flags(ScopeFlags(dag, run, task, map_index, asset, asset_uri), assets=assets, tasks=tasks)
+    options = MigrationOptions(Direction.TO_METASTORE, flt, keep_objects=keep_objects, batch_size=batch_size)
+    return _run(ctx, options, dry_run=dry_run, yes=yes, concurrency=concurrency, output=output)
 
 
 @migrate_app.command("relocate")
@@ -232,22 +185,16 @@ def relocate_cli(
     assets: opt.Assets = False,
     tasks: opt.Tasks = False,
     dry_run: opt.DryRun = False,
-    yes: Yes = False,
+    yes: opt.Yes = False,
     batch_size: BatchSize = 500,
     concurrency: Concurrency = None,
     output: opt.OutputOpt = None,
 ) -> int:
     """Move the objects of the selected rows to a new base path and/or compression."""
-    flt = opt.row_filter(dag, run, task, map_index, asset, asset_uri, assets, tasks)
-    return _run(
-        ctx,
-        "relocate",
-        flt,
-        dry_run=dry_run,
-        yes=yes,
-        batch_size=batch_size,
-        concurrency=concurrency,
-        output=output,
-        to=to,
-        compression=compression,
-    )
+    from statectl.ops.migrate import Direction, MigrationOptions
+
+    if compression is not None and compression.lower() in ("", "none"):
+        compression = ""  # uncompressed
+    flt = filter_from_flags(ScopeFlags(dag, run, task, map_index, asset, asset_uri), assets=assets, tasks=tasks)
+    options = MigrationOptions(Direction.RELOCATE, flt, to=to, compression=compression, batch_size=batch_size)
+    return _run(ctx, options, dry_run=dry_run, yes=yes, concurrency=concurrency, output=output)

@@ -1,16 +1,15 @@
-"""Options shared by several commands (exact names: scripts depend on them)."""
+"""Options shared by several commands (exact names: scripts depend on them), and the question
+a writing command asks before it changes anything."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+import sys
+from typing import Annotated
 
 import typer
 
 from statectl.cli.render import Output
 from statectl.errors import UsageError
-
-if TYPE_CHECKING:
-    from statectl.metastore import RowFilter
 
 Dag = Annotated[str | None, typer.Option("--dag", help="DAG id of the task scope.")]
 Run = Annotated[str | None, typer.Option("--run", help="Run id of the task scope.")]
@@ -25,38 +24,17 @@ OutputOpt = Annotated[
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Show what would change and change nothing.")]
 Assets = Annotated[bool, typer.Option("--assets", help="Only asset state.")]
 Tasks = Annotated[bool, typer.Option("--tasks", help="Only task state.")]
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="Run without asking (cron, scripts).")]
 
 
-def row_filter(
-    dag: str | None,
-    run: str | None,
-    task: str | None,
-    map_index: int | None,
-    asset: str | None,
-    asset_uri: str | None,
-    assets: bool,
-    tasks: bool,
-    expired: bool = False,
-) -> RowFilter:
-    """The rows the scope filters of ls, migrate and prune select."""
-    from statectl.metastore import RowFilter, utcnow
+def require_yes(*, dry_run: bool, yes: bool, what: str) -> bool:
+    """Whether a person is at the terminal; a script must say --yes (or --dry-run) to change anything."""
+    interactive = sys.stdin.isatty() and sys.stderr.isatty()
+    if not dry_run and not yes and not interactive:
+        raise UsageError(f"refusing to {what} without --yes when not on a terminal (or use --dry-run)")
+    return interactive
 
-    if assets and tasks:
-        raise UsageError("--assets and --tasks exclude each other (give neither for both)")
-    task_flags = any(v is not None for v in (dag, run, task, map_index))
-    if (asset is not None or asset_uri is not None or assets) and (task_flags or tasks or expired):
-        raise UsageError(
-            "task filters (--dag/--run/--task/--map-index/--tasks/--expired) and asset filters "
-            "(--asset/--asset-uri/--assets) exclude each other"
-        )
-    return RowFilter(
-        dag_id=dag,
-        run_id=run,
-        task_id=task,
-        map_index=map_index,
-        asset_name=asset,
-        asset_uri=asset_uri,
-        tasks=not assets,
-        assets=not tasks and not expired,
-        expired_before=utcnow() if expired else None,
-    )
+
+def ask(question: str) -> bool:
+    """A yes/no question on stderr (the plan was shown there just before); no is the default."""
+    return typer.confirm(question, default=False, err=True)

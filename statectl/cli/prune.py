@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 
 from statectl.cli import options as opt
-from statectl.cli.main import app, results_only_on_stdout, state
-from statectl.cli.render import Output, PhaseProgress, default_output, dumps, err, warn, write_records
-from statectl.errors import UsageError
+from statectl.cli.app import open_store
+from statectl.cli.render import Output, ProgressDisplay, default_output, dumps, err, warn, write_records
+from statectl.core.filters import filter_from_flags
+from statectl.core.scopes import ScopeFlags
+
+if TYPE_CHECKING:
+    from statectl.ops.prune import PrunePlan, PruneReport
+
+app = typer.Typer()
 
 
 @app.command("prune")
@@ -58,10 +64,10 @@ def prune_cli(
     output: opt.OutputOpt = None,
 ) -> int:
     """Remove expired task rows and their objects, then orphan objects older than --grace."""
-    from statectl.durations import parse_duration
-    from statectl.prune import PruneOptions, run_prune
+    from statectl.core.durations import parse_duration
+    from statectl.ops.prune import PruneOptions, run_prune
 
-    flt = opt.row_filter(dag, run, task, map_index, asset, asset_uri, assets=False, tasks=False)
+    flt = filter_from_flags(ScopeFlags(dag, run, task, map_index, asset, asset_uri))
     options = PruneOptions(
         flt=flt,
         orphans=not no_orphans,
@@ -73,40 +79,32 @@ def prune_cli(
     options.check()
     timeout = parse_duration(lock_timeout, "--lock-timeout")
     fmt = output or default_output(sys.stdout)
-    interactive = sys.stdin.isatty() and sys.stderr.isatty()
-    if not dry_run and not yes and not interactive:
-        raise UsageError("refusing to prune without --yes when not on a terminal (or use --dry-run)")
+    opt.require_yes(dry_run=dry_run, yes=yes, what="prune")
 
-    def confirm(plan: Any) -> bool:
+    def confirm(plan: PrunePlan) -> bool:
         _show_plan(plan, Output.table, sys.stderr)
-        return typer.confirm(f"Delete {plan.deletions} row(s) and object(s)?", default=False, err=True)
+        return opt.ask(f"Delete {plan.deletions} row(s) and object(s)?")
 
-    store = state(ctx).store()
-    try:
-        with results_only_on_stdout(), PhaseProgress(sys.stderr.isatty() and yes and not quiet) as advance:
-            report = run_prune(
-                store,
-                options,
-                dry_run=dry_run,
-                confirm=None if yes else confirm,
-                lock_timeout=timeout,
-                progress=(lambda count: advance("rows and objects pruned", count)) if advance else None,
-            )
-    finally:
-        store.close()
+    with open_store(ctx) as store, ProgressDisplay(sys.stderr.isatty() and yes and not quiet) as progress:
+        report = run_prune(
+            store, options, dry_run=dry_run, confirm=None if yes else confirm, lock_timeout=timeout, progress=progress
+        )
     code = int(report.exit_code)
     if not quiet or code != 0:
         _show(report, fmt, sys.stdout, quiet=quiet)
     return code
 
 
+COLUMNS = ["category", "rows", "objects", "bytes"]
+
+
 def _rows(categories: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"category": name, **{k: t[k] for k in ("rows", "objects", "bytes")}} for name, t in categories.items()]
 
 
-def _show_plan(plan: Any, fmt: Output, out: Any) -> None:
+def _show_plan(plan: PrunePlan, fmt: Output, out: TextIO) -> None:
     document = plan.as_dict()
-    write_records(_rows(document["categories"]), ["category", "rows", "objects", "bytes"], fmt, out, title="prune plan")
+    write_records(_rows(document["categories"]), COLUMNS, fmt, out, title="prune plan", header=True)
     for name, tally in document["categories"].items():
         for label in tally["first"]:
             err(f"  {name}: {label}")
@@ -115,17 +113,18 @@ def _show_plan(plan: Any, fmt: Output, out: Any) -> None:
             err(f"  {name}: ... and {more} more")
 
 
-def _show(report: Any, fmt: Output, out: Any, *, quiet: bool) -> None:
+def _show(report: PruneReport, fmt: Output, out: TextIO, *, quiet: bool) -> None:
     document = report.as_dict()
     if fmt in (Output.json, Output.jsonl):
         out.write(dumps(document) + "\n")
     elif report.dry_run:
         _show_plan(report.plan, fmt, out)
         err("dry run: nothing changed")
+    elif report.declined:
+        err("nothing changed")
+        return
     elif not quiet:
-        write_records(
-            _rows(document["deleted"]), ["category", "rows", "objects", "bytes"], fmt, out, title="prune: deleted"
-        )
+        write_records(_rows(document["deleted"]), COLUMNS, fmt, out, title="prune: deleted", header=True)
     # What needs a look goes to stderr in every format.
     for note in [*document["lock"], *document["plan"]["notes"]]:
         err(note)
@@ -140,5 +139,7 @@ def _show(report: Any, fmt: Output, out: Any, *, quiet: bool) -> None:
         warn(f"ref outside the base path, object left alone: {label}")
     if document["orphans_refused"]:
         warn(f"orphans not deleted: {document['orphans_refused']}")
+    for category, count in document["beyond_plan"].items():
+        warn(f"{category}: {count} more row(s) and object(s) became eligible after the plan; left for the next run")
     if report.stopped:
         warn(report.stopped)

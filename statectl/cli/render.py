@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from enum import StrEnum
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from statectl.ops.report import Progress, Report
 
 
 class Output(StrEnum):
@@ -35,9 +39,18 @@ def warn(message: str) -> None:
 
 
 def write_records(
-    records: Iterable[dict[str, Any]], columns: Sequence[str], fmt: Output, out: TextIO, title: str | None = None
+    records: Iterable[dict[str, Any]],
+    columns: Sequence[str],
+    fmt: Output,
+    out: TextIO,
+    title: str | None = None,
+    *,
+    header: bool = False,
 ) -> int:
-    """Stream records in the chosen format with flat memory; return how many were written."""
+    """Stream records in the chosen format with flat memory; return how many were written.
+
+    ``header``: plain output starts with a line naming the columns (reports read by people in
+    cron mail); lists that scripts cut into fields (ls) have none."""
     count = 0
 
     if fmt is Output.json:
@@ -55,6 +68,8 @@ def write_records(
         for count, record in enumerate(records, 1):  # noqa: B007 - count is the result
             writer.writerow({k: _cell(record.get(k)) for k in columns})
     elif fmt is Output.plain:
+        if header:
+            out.write("\t".join(columns) + "\n")
         for chunk in _chunks(records, 1000):
             out.write("".join("\t".join(_cell(record.get(k)) for k in columns) + "\n" for record in chunk))
             count += len(chunk)
@@ -104,6 +119,23 @@ def _write_tables(records: Iterable[dict[str, Any]], columns: Sequence[str], out
     return count
 
 
+def render_report(
+    report: Report,
+    fmt: Output,
+    human: Callable[[dict[str, Any]], None],
+    *,
+    document_formats: tuple[Output, ...] = (Output.json, Output.jsonl),
+) -> int:
+    """A core report: its document as JSON for scripts (in ``document_formats``), else
+    ``human(document)``; returns the report's exit code."""
+    document = report.as_dict()
+    if fmt in document_formats:
+        sys.stdout.write(dumps(document) + "\n")
+    else:
+        human(document)
+    return int(report.exit_code)
+
+
 def write_value(value: Any, fmt: Output, out: TextIO) -> None:
     """A single decoded value: JSON for scripts, pretty for people."""
     if fmt is Output.json or fmt is Output.jsonl:
@@ -130,29 +162,44 @@ def write_document(document: dict[str, Any], fmt: Output, out: TextIO, title: st
     out.flush()
 
 
-class PhaseProgress:
-    """A spinner with counts on stderr for people; nothing for scripts."""
+class ProgressDisplay:
+    """The core's progress callbacks drawn on stderr for people: a bar for a phase whose total is
+    known, a spinner with counts otherwise; nothing for scripts (``with`` gives None then)."""
 
     def __init__(self, interactive: bool) -> None:
         self.interactive = interactive
         self._progress: Any = None
         self._tasks: dict[str, Any] = {}
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> Progress | None:
         if not self.interactive:
             return None
         from rich.console import Console
-        from rich.progress import Progress, SpinnerColumn, TextColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        columns = (SpinnerColumn(), TextColumn("{task.description}: {task.completed:,}"))
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         self._progress = Progress(*columns, console=Console(file=sys.stderr), transient=True)
         self._progress.__enter__()
         return self.advance
 
-    def advance(self, phase: str, count: int) -> None:
+    def advance(self, phase: str, advance: int, /, total: int | None = None) -> None:
         if phase not in self._tasks:
-            self._tasks[phase] = self._progress.add_task(phase, total=None)
-        self._progress.advance(self._tasks[phase], count)
+            self._tasks[phase] = self._progress.add_task(phase, total=total)
+        elif total is not None:
+            self._progress.update(self._tasks[phase], total=total)
+        self._progress.advance(self._tasks[phase], advance)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """The display off the terminal while a question is asked there (it would redraw over it)."""
+        if self._progress is None:
+            yield
+            return
+        self._progress.stop()
+        try:
+            yield
+        finally:
+            self._progress.start()
 
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:

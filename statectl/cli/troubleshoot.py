@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from statectl.cli import options as opt
-from statectl.cli.main import app, results_only_on_stdout, state
-from statectl.cli.render import Output, default_output, dumps, write_document, write_records
-from statectl.errors import ExitCode
-from statectl.scopes import scope_from_flags
+from statectl.cli.app import open_store, results_only_on_stdout, state
+from statectl.cli.render import Output, default_output, render_report, write_document, write_records
+from statectl.core.scopes import ScopeFlags
+
+if TYPE_CHECKING:
+    from statectl.ops.where import WhereReport
+
+app = typer.Typer()
 
 
 @app.command("where")
@@ -25,27 +29,23 @@ def where_cli(
     asset: opt.Asset = None,
     asset_uri: opt.AssetUri = None,
     output: opt.OutputOpt = None,
-) -> None:
+) -> int:
     """Show where a key lives: the provider's object URL, whether it exists, what the row holds, and why
     a task may read a surprising value (ref not at the computed URL, orphan object, leftover suffixes)."""
-    from statectl.where import where
+    from statectl.ops.where import WhereOptions, run_where
 
-    scope = scope_from_flags(dag=dag, run=run, task=task, map_index=map_index, asset=asset, asset_uri=asset_uri)
+    scope = ScopeFlags(dag, run, task, map_index, asset, asset_uri).scope()
     fmt = output or default_output(sys.stdout)
-    store = state(ctx).store()
-    try:
-        with results_only_on_stdout():
-            report = where(store, scope, key)
-    finally:
-        store.close()
-    document = report.as_dict()
-    if fmt in (Output.json, Output.jsonl):
-        sys.stdout.write(dumps(document) + "\n")
-        return
+    with open_store(ctx) as store:
+        report = run_where(store, WhereOptions(scope, key))
+    return render_report(report, fmt, lambda document: _show_where(report, document, fmt))
+
+
+def _show_where(report: WhereReport, document: dict[str, Any], fmt: Output) -> None:
     obj, row = document["object"], document["row"]
     flat = {
-        "scope": f"{report.scope.kind} {report.scope.label()}",
-        "key": key,
+        "scope": str(report.scope),
+        "key": report.key,
         "asset": f"id {report.asset['id']}, name {report.asset['name']}, uri {report.asset['uri']}"
         if report.asset
         else None,
@@ -64,7 +64,7 @@ def where_cli(
         sys.stdout.write(f"- {note}\n")
 
 
-def _describe_object(obj: dict) -> str:
+def _describe_object(obj: dict[str, Any]) -> str:
     if obj["error"]:
         return f"unknown: {obj['error']}"
     if not obj["exists"]:
@@ -74,26 +74,24 @@ def _describe_object(obj: dict) -> str:
 
 
 @app.command("doctor")
-def doctor_cli(ctx: typer.Context, output: opt.OutputOpt = None) -> None:
+def doctor_cli(ctx: typer.Context, output: opt.OutputOpt = None) -> int:
     """Check the installation: configuration (with sources), versions, metastore, bucket (write/read/delete
     probe), compression, worker backend, connection and mismatches; each finding with a one-line fix.
 
     Exits 0 when nothing fails (warnings allowed), 11 when a check fails.
     """
-    from statectl.doctor import run_doctor
+    from statectl.ops.doctor import run_doctor
 
     app_state = state(ctx)
     fmt = output or default_output(sys.stdout)
     with results_only_on_stdout():
         report = run_doctor(app_state.config, concurrency=app_state.concurrency)
-    if fmt in (Output.json, Output.jsonl):
-        sys.stdout.write(dumps(report.as_dict()) + "\n")
-    else:
-        if fmt is Output.table:
-            write_records(report.settings, ["setting", "value", "source"], fmt, sys.stdout, title="configuration")
-            versions = [{"package": k, "version": v} for k, v in report.versions.items() if v]
-            write_records(versions, ["package", "version"], fmt, sys.stdout, title="versions")
-        records = [f.as_dict() for f in report.findings]
-        write_records(records, ["status", "check", "detail", "fix"], fmt, sys.stdout, title="findings")
-    if report.failed:
-        raise typer.Exit(int(ExitCode.UNHEALTHY))
+    return render_report(report, fmt, lambda document: _show_doctor(document, fmt))
+
+
+def _show_doctor(document: dict[str, Any], fmt: Output) -> None:
+    if fmt is Output.table:
+        write_records(document["settings"], ["setting", "value", "source"], fmt, sys.stdout, title="configuration")
+        versions = [{"package": k, "version": v} for k, v in document["versions"].items() if v]
+        write_records(versions, ["package", "version"], fmt, sys.stdout, title="versions")
+    write_records(document["findings"], ["status", "check", "detail", "fix"], fmt, sys.stdout, title="findings")

@@ -24,10 +24,10 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from uuid import uuid4
 
-from statectl.bucket import Buckets, ObjectExists, ObjectMissing
+from statectl.core.filters import utcnow
+from statectl.core.layout import ObjectURL, reserved_url
 from statectl.errors import DataError, ExitCode, StatectlError
-from statectl.layout import ObjectURL, reserved_url
-from statectl.metastore import utcnow
+from statectl.stores.bucket import Buckets, ObjectExists, ObjectMissing
 
 DEFAULT_LOCK_TIMEOUT = timedelta(minutes=10)
 SETTLE_SECONDS = 1.0  # best-effort mode: how long to wait before reading our own write back
@@ -104,7 +104,6 @@ class BucketLock:
         self.token = uuid4().hex
         self.started = utcnow().isoformat()
         self.notes: list[str] = []
-        self.took_over: Holder | None = None
         self.best_effort = False
         self._marker: ObjectURL | None = None
         self._lost: str | None = None
@@ -121,7 +120,7 @@ class BucketLock:
         result = self.buckets.read_many([url])[0]
         if isinstance(result, ObjectMissing):
             return False, None
-        if isinstance(result, DataError):
+        if isinstance(result, StatectlError):
             return True, None
         return True, Holder.from_json(result)
 
@@ -170,7 +169,8 @@ class BucketLock:
 
     def _stale_reason(self, holder: Holder | None) -> str | None:
         if holder is None:
-            modified = self.buckets.modified(self.url)
+            info = self.buckets.stat_many([self.url])[0]
+            modified = None if isinstance(info, StatectlError) else info.modified
             if modified is not None and utcnow() - modified < self.timeout:
                 return None
             return "an unreadable lock"
@@ -195,14 +195,13 @@ class BucketLock:
         _, again = self._read(self.url)
         if (again.token if again is not None else "unreadable") == stale_token:
             self._delete(self.url)
-        self.took_over = holder
         who = holder.label() if holder is not None else "an unknown holder"
         self.notes.append(f"took over a stale lock held by {who} ({reason})")
 
     def _delete(self, url: ObjectURL) -> None:
-        for _, error in self.buckets.delete_many([url]):
-            if error:
-                raise DataError(f"could not delete the lock object {url}: {error}")
+        error = self.buckets.delete_many([url])[0]
+        if error is not None:
+            raise DataError(f"could not delete the lock object {url}: {error.message}")
 
     def release(self) -> None:
         self._stop.set()

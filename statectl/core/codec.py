@@ -12,11 +12,11 @@ import json
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from json.decoder import scanstring
+from json.decoder import scanstring  # type: ignore[attr-defined]  # C-accelerated, not in the stubs
 from typing import Any
 
+from statectl.core.layout import ObjectURL
 from statectl.errors import DataError, UsageError
-from statectl.layout import ObjectURL
 
 REF_KEY = "__airflow_state_ref__"
 
@@ -80,10 +80,11 @@ def infer_compression(url: str) -> str | None:
     a name of dots only ("....gz") has no extension, and "KEY.GZ" counts as gzip."""
     from fsspec.utils import infer_compression as fsspec_infer
 
-    return fsspec_infer(url.rsplit("/", 1)[-1])
+    inferred: str | None = fsspec_infer(url.rsplit("/", 1)[-1])
+    return inferred
 
 
-_WRAPPER_HEAD = '{"' + REF_KEY + '": "'
+WRAPPER_HEAD = '{"' + REF_KEY + '": "'
 _URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
@@ -92,10 +93,10 @@ def classify(text: str) -> StoredValue:
     if not text.startswith("{") or REF_KEY not in text:  # fast path: no wrapper possible
         return StoredValue(text, Location.PLAIN)
     ref: str | None = None
-    if text.startswith(_WRAPPER_HEAD):
+    if text.startswith(WRAPPER_HEAD):
         # json.dumps({REF_KEY: ref}): decode just the one string member (C-accelerated).
         try:
-            ref, end = scanstring(text, len(_WRAPPER_HEAD))
+            ref, end = scanstring(text, len(WRAPPER_HEAD))
         except ValueError:
             ref, end = None, 0
         if text[end:] != "}":
@@ -112,6 +113,15 @@ def classify(text: str) -> StoredValue:
     if _URL_SCHEME.match(ref):
         return StoredValue(text, Location.OBJECT, ref)
     return StoredValue(text, Location.INLINE, ref)
+
+
+def json_error(text: str) -> str | None:
+    """None when the text is JSON, else the parser's reason."""
+    try:
+        json.loads(text)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def decode_json(text: str, where: str) -> Any:

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from statectl.core.scopes import AssetScope, Scope, TaskScope, check_segment
 from statectl.errors import ConfigError, DataError
-from statectl.scopes import AssetScope, Scope, TaskScope, check_segment
 
 ASSETS_FOLDER = "assets"
 LOCAL_PROTOCOLS = frozenset({"file", "local"})
@@ -55,8 +55,6 @@ class ObjectURL:
     def __str__(self) -> str:
         if self.conn_id:
             return f"{self.protocol}://{self.conn_id}@{self.path}"
-        if self.protocol in LOCAL_PROTOCOLS:
-            return f"{self.protocol}://{self.path}"
         return f"{self.protocol}://{self.path}"
 
     def child(self, *segments: str) -> ObjectURL:
@@ -125,11 +123,6 @@ def object_url(base: ObjectURL, scope: Scope, key: str, compression: str | None)
 def reserved_url(base: ObjectURL, name: str) -> ObjectURL:
     """An object of statectl's own, directly in the base path (see RESERVED_PREFIX)."""
     return base.child(RESERVED_PREFIX + name)
-
-
-def is_reserved(url: ObjectURL, base: ObjectURL) -> bool:
-    rest = url.parts[len(base.parts) :]
-    return url.parts[: len(base.parts)] == base.parts and len(rest) == 1 and rest[0].startswith(RESERVED_PREFIX)
 
 
 def looks_like_provider_ref(ref: str, base: ObjectURL) -> bool:

@@ -8,18 +8,19 @@ objects left under other compression suffixes by a configuration change.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from statectl import codec, layout
-from statectl.codec import Location, StoredValue
-from statectl.errors import ConfigError, NotFoundError, StatectlError, UnreachableError
-from statectl.layout import ObjectURL
-from statectl.metastore import StateRow
-from statectl.scopes import AssetScope, Scope, TaskScope, check_key
-from statectl.store import StateStore
+from statectl.core import codec, layout
+from statectl.core.codec import Location, StoredValue
+from statectl.core.durations import iso
+from statectl.core.layout import ObjectURL
+from statectl.core.scopes import AssetScope, Scope, TaskScope, check_key
+from statectl.errors import ConfigError, ExitCode, NotFoundError, StatectlError, UnreachableError
+from statectl.stores.bucket import ObjectInfo, Result
+from statectl.stores.metastore import StateRow
+from statectl.stores.store import StateStore
 
 PREVIEW_CHARS = 200
 
@@ -41,7 +42,7 @@ class ObjectState:
             "url": str(self.url),
             "exists": self.exists,
             "size": self.size,
-            "last_modified": _iso(self.modified),
+            "last_modified": iso(self.modified),
             "compression": self.compression,
             "error": self.error,
         }
@@ -59,6 +60,10 @@ class WhereReport:
     leftovers: list[ObjectState] = field(default_factory=list)  # same key, other compression suffixes
     notes: list[str] = field(default_factory=list)  # plain-language findings, most likely cause first
 
+    @property
+    def exit_code(self) -> ExitCode:
+        return ExitCode.OK
+
     def as_dict(self) -> dict[str, Any]:
         row = None
         if self.row is not None and self.stored is not None:
@@ -67,8 +72,8 @@ class WhereReport:
                 "stored_bytes": self.stored.stored_bytes,
                 "ref": self.stored.ref if self.stored.location is Location.OBJECT else None,
                 "text": _preview(self.stored.text),
-                "updated_at": _iso(self.row.updated_at),
-                "expires_at": _iso(self.row.expires_at),
+                "updated_at": iso(self.row.updated_at),
+                "expires_at": iso(self.row.expires_at),
             }
         return {
             "scope": {"kind": self.scope.kind, "label": self.scope.label(), **_scope_fields(self.scope)},
@@ -80,10 +85,6 @@ class WhereReport:
             "leftovers": [o.as_dict() for o in self.leftovers],
             "notes": self.notes,
         }
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
 
 
 def _preview(text: str) -> str:
@@ -109,14 +110,16 @@ def _other_suffixes(bare: ObjectURL, expected: ObjectURL | None) -> list[ObjectU
 
 
 def _stat(store: StateStore, urls: list[ObjectURL]) -> list[ObjectState]:
-    def one(url: ObjectURL) -> ObjectState:
-        try:
-            info, modified = store.buckets.stat_modified(url)
-        except UnreachableError as e:
-            return ObjectState(url, False, error=e.message)
-        return ObjectState(url, info.exists, info.size, modified)
+    def state(url: ObjectURL, info: Result[ObjectInfo]) -> ObjectState:
+        if isinstance(info, StatectlError):
+            return ObjectState(url, False, error=info.message)
+        return ObjectState(url, info.exists, info.size, info.modified)
 
-    return list(store.buckets.map(one, urls))
+    try:
+        infos = store.buckets.stat_many(urls)
+    except UnreachableError as e:  # e.g. the filesystem could not be built: the row is still shown
+        infos = [e] * len(urls)
+    return [state(url, info) for url, info in zip(urls, infos, strict=True)]
 
 
 def _resolve(store: StateStore, scope: Scope, notes: list[str]) -> tuple[Scope, dict[str, Any] | None, bool]:
@@ -139,9 +142,16 @@ def _resolve(store: StateStore, scope: Scope, notes: list[str]) -> tuple[Scope, 
     return resolved, asset, True
 
 
-def where(store: StateStore, scope: Scope, key: str) -> WhereReport:
-    """Everything statectl can tell about where (scope, key) lives and what a worker reads."""
-    check_key(key)
+@dataclass(frozen=True)
+class WhereOptions:
+    scope: Scope
+    key: str
+
+
+def run_where(store: StateStore, options: WhereOptions) -> WhereReport:
+    """Everything statectl can tell about where (scope, key) lives and what a worker reads.
+    Neither a row nor an object: NotFoundError (or UnreachableError when the store did not answer)."""
+    scope, key = options.scope, check_key(options.key)
     notes: list[str] = []
     scope, asset, known = _resolve(store, scope, notes)
     row = store.metastore.get_row(scope, key) if known else None
@@ -190,7 +200,7 @@ def where(store: StateStore, scope: Scope, key: str) -> WhereReport:
         if isinstance(scope, TaskScope):
             store.metastore.require_task_instance(scope)  # say which part of the scope is unknown
         looked = f" (looked at {expected_url})" if expected_url else ""
-        raise NotFoundError(f"no row and no object for key {key!r} in {scope.kind} {scope.label()}{looked}")
+        raise NotFoundError(f"no row and no object for key {key!r} in {scope}{looked}")
     return report
 
 
@@ -216,7 +226,7 @@ def _explain(report: WhereReport, ref_url: ObjectURL | None, worker_backend: str
         if target is not None and not target.exists and not target.error:
             notes.append(f"the row's object {target.url} does not exist: a worker reads None")
     else:
-        if stored.location is Location.INLINE and stored.ref is not None and not _is_json(stored.ref):
+        if stored.location is Location.INLINE and stored.ref is not None and codec.json_error(stored.ref) is not None:
             notes.append(
                 f"the row's ref {_preview(stored.ref)!r} is neither JSON nor a URL: a worker fails with "
                 "JSONDecodeError (written with an empty base path or one without a scheme?)"
@@ -237,14 +247,6 @@ def _explain(report: WhereReport, ref_url: ObjectURL | None, worker_backend: str
             "(left by a compression change; read only if a row points to them)"
         )
     return notes
-
-
-def _is_json(text: str) -> bool:
-    try:
-        json.loads(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _ref_mismatch(ref_url: ObjectURL, expected_url: ObjectURL | None) -> str:

@@ -2,13 +2,15 @@
 
 The provider's backend ignores ``expires_at`` and ``airflow state-store clean`` skips custom backends,
 so objects outlive their rows. Prune is planned (counts, bytes, first entries per category), then
-executed batch by batch with the same rules recomputed, so memory stays at one batch:
+executed batch by batch, so memory stays at one batch. Plan and execution apply the same rule per
+category (:class:`_Rules`) at the same moment, the plan's ``at``; once a person has confirmed a plan,
+execution deletes no more than it counted (what became eligible since is left for the next run):
 
 - expired task rows: each row is deleted only if it still holds the value read and is still expired
   (a worker that re-set the key wins); the batch commits; then, after one query shows that no row
   references them now, their objects are deleted (only strictly under the base path);
 - orphans (objects no row references, older than the grace: a worker writes the object before the
-  row) come from the merge scan (statectl.scan); they are deleted only when the plan's scan read every
+  row) come from the merge scan (statectl.ops.scan); they are deleted only when the plan's scan read every
   row, and each batch is re-checked first (no row references them now, still older than the grace);
 - ``older_than``: objects last modified before that age go, their rows first (asset rows included).
 
@@ -21,23 +23,29 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from statectl import codec, layout
-from statectl.codec import Location
-from statectl.errors import DataError, ExitCode, StatectlError, UsageError
-from statectl.layout import ObjectURL
-from statectl.metastore import RowFilter, StateRow, utcnow
+from statectl.core import codec, layout
+from statectl.core.codec import Location
+from statectl.core.filters import RowFilter, utcnow
+from statectl.core.layout import ObjectURL
+from statectl.errors import ExitCode, StatectlError, UsageError
+from statectl.ops.report import NOT_CONFIRMED, Confirm, Progress
+from statectl.ops.scan import DEFAULT_GRACE
+from statectl.stores.bucket import DELETE_BATCH, modified_or_none
+from statectl.stores.metastore import StateRow
 
 if TYPE_CHECKING:
-    from statectl.lock import BucketLock
-    from statectl.scan import Scan, ScanEntry
-    from statectl.store import StateStore
+    from statectl.ops.scan import Scan, ScanEntry, StoredObject
+    from statectl.stores.lock import BucketLock
+    from statectl.stores.store import StateStore
 
-DEFAULT_GRACE = timedelta(hours=1)
+T = TypeVar("T")
+
 MIN_GRACE = timedelta(minutes=1)
 FIRST_ENTRIES = 20
-BATCH = 1000  # S3 deletes up to 1000 keys per request
+BATCH = DELETE_BATCH
 
 
 class Category(StrEnum):
@@ -68,7 +76,7 @@ class PruneOptions:
 
 
 @dataclass
-class Tally:
+class PruneTally:
     rows: int = 0
     objects: int = 0
     bytes: int = 0
@@ -85,23 +93,31 @@ class Tally:
         return {"rows": self.rows, "objects": self.objects, "bytes": self.bytes, "first": self.first}
 
 
-def _tallies() -> dict[str, Tally]:
-    return {c.value: Tally() for c in Category}
+def _tallies() -> dict[str, PruneTally]:
+    return {c.value: PruneTally() for c in Category}
 
 
 @dataclass
 class PrunePlan:
     options: PruneOptions
     at: datetime
-    tallies: dict[str, Tally] = field(default_factory=_tallies)
+    tallies: dict[str, PruneTally] = field(default_factory=_tallies)
     orphans_refused: str | None = None  # why orphans will not be deleted: the scan could not read every row
     notes: list[str] = field(default_factory=list)
 
     @property
     def deletions(self) -> int:
         """Rows + objects the plan would delete (no orphans when they are refused)."""
-        going = [Category.EXPIRED, Category.OLD] + ([] if self.orphans_refused else [Category.ORPHANS])
-        return sum(self.tallies[c].rows + self.tallies[c].objects for c in going)
+        return sum(self.planned(c) for c in self.going)
+
+    @property
+    def going(self) -> list[Category]:
+        """The categories execution deletes from."""
+        return [Category.EXPIRED, Category.OLD] + ([] if self.orphans_refused else [Category.ORPHANS])
+
+    def planned(self, category: Category) -> int:
+        tally = self.tallies[category]
+        return tally.rows + tally.objects
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -117,7 +133,7 @@ class PrunePlan:
 class PruneReport:
     plan: PrunePlan
     dry_run: bool
-    deleted: dict[str, Tally] = field(default_factory=_tallies)
+    deleted: dict[str, PruneTally] = field(default_factory=_tallies)
     changed_meanwhile: list[str] = field(default_factory=list)  # rows a worker rewrote: kept
     kept: list[tuple[str, str]] = field(default_factory=list)  # objects kept at the last check, and why
     object_errors: list[tuple[str, str]] = field(default_factory=list)
@@ -125,6 +141,9 @@ class PruneReport:
     stopped: str | None = None  # "max-delete" or why the run stopped early
     stopped_code: ExitCode | None = None
     lock_notes: list[str] = field(default_factory=list)
+    declined: bool = False  # the plan was shown and not confirmed: nothing changed
+    # Rows + objects per category that became eligible after a confirmed plan: left for the next run.
+    beyond_plan: dict[str, int] = field(default_factory=dict)
 
     @property
     def deletions(self) -> int:
@@ -149,47 +168,66 @@ class PruneReport:
             "object_errors": [{"object": u, "error": e} for u, e in self.object_errors],
             "orphans_refused": self.orphans_refused,
             "stopped": self.stopped,
+            "beyond_plan": self.beyond_plan,
             "lock": self.lock_notes,
             "exit_code": int(self.exit_code),
         }
-
-
-Progress = Callable[[int], None]  # things (rows + objects) dealt with since the last call
-
-
-def _label(row: StateRow) -> str:
-    return f"{row.scope.kind} {row.scope.label()} key {row.key!r}"
 
 
 def _referrer_rows(entry: ScanEntry) -> list[StateRow]:
     return [r.row for r in entry.referrers]
 
 
-class _Pruner:
-    """The rules, shared by plan and execute."""
+class _Rules:
+    """One rule per category, applied by plan and execution alike at the plan's moment ``now``."""
 
-    def __init__(self, store: StateStore, options: PruneOptions) -> None:
+    def __init__(self, store: StateStore, options: PruneOptions, now: datetime) -> None:
         options.check()
         self.store = store
         self.options = options
         self.base = store.base
+        self.now = now
+        self.grace_cutoff = now - options.grace
+        self.old_cutoff = now - options.older_than if options.older_than else None
 
-    def expired_filter(self, now: datetime) -> RowFilter:
-        return replace(self.options.flt, expired_before=now, assets=False)
+    def expired_filter(self) -> RowFilter:
+        """Expired task rows: expires_at before ``now`` (asset rows never expire)."""
+        return replace(self.options.flt, expired_before=self.now, assets=False)
+
+    def judged(self, rows: list[StateRow]) -> list[StateRow]:
+        """The rows as they stood at ``now``: one written since (new value or new expiry) was not."""
+        return [r for r in rows if r.updated_at is None or r.updated_at <= self.now]
 
     def object_of(self, row: StateRow) -> ObjectURL | str | None:
         """The row's object if prune may delete it, the reason if not, None for plain/inline rows."""
         stored = codec.classify(row.value)
         if stored.location is not Location.OBJECT or stored.ref is None:
             return None
-        try:
-            return layout.require_under_base(stored.ref, self.base)
-        except DataError as e:
-            return e.message
+        return self.store.deletable(stored.ref)
+
+    def old_enough(self, modified: datetime | None) -> bool:
+        """An orphan goes once older than the grace (a worker writes the object before its row)."""
+        return modified is not None and modified < self.grace_cutoff
+
+    def category(self, entry: ScanEntry) -> Category | None:
+        """What the scan's entry is to prune: None for a ref without an object and a kept object."""
+        obj = entry.obj
+        if obj is None:
+            return None
+        rows = _referrer_rows(entry)
+        if not rows:
+            if not self.options.orphans:
+                return None
+            return Category.ORPHANS if self.old_enough(obj.modified) else Category.FRESH
+        if any(r.expires_at is not None and r.expires_at < self.now for r in rows):
+            return Category.EXPIRED  # goes with its expired row
+        if self.old_cutoff is not None and obj.modified is not None and obj.modified < self.old_cutoff:
+            return Category.OLD
+        return None
 
     def scan(self) -> Scan:
         """The merge scan over the filtered rows and objects (streamed by its entries())."""
-        from statectl.scan import Scan
+        from statectl.ops.scan import Scan
 
         return Scan(self.store, self.options.flt)
 
@@ -197,79 +235,89 @@ class _Pruner:
         return self.base is not None and (self.options.orphans or self.options.older_than is not None)
 
 
+PRUNED = "rows and objects pruned"
+
+
 def plan_prune(store: StateStore, options: PruneOptions, progress: Progress | None = None) -> PrunePlan:
     """What prune would delete, from the rows and one listing; changes nothing."""
-    pruner = _Pruner(store, options)
-    now = utcnow()
-    plan = PrunePlan(options, now)
+    rules = _Rules(store, options, utcnow())
+    plan = PrunePlan(options, rules.now)
     t = plan.tallies
     limit = options.first
-    for batch in store.metastore.iter_batches(pruner.expired_filter(now), options.batch_size):
-        for row in batch:
-            target = pruner.object_of(row)
+    for batch in store.metastore.iter_batches(rules.expired_filter(), options.batch_size):
+        for row in rules.judged(batch):
+            target = rules.object_of(row)
             size = len(row.value.encode())
             if isinstance(target, str):
-                t[Category.OUTSIDE].add(f"{_label(row)}: {target}", rows=1, limit=limit)
-            t[Category.EXPIRED].add(
-                _label(row), rows=1, objects=int(isinstance(target, ObjectURL)), size=size, limit=limit
-            )
+                t[Category.OUTSIDE].add(f"{row.label}: {target}", rows=1, limit=limit)
+            has_object = int(isinstance(target, ObjectURL))
+            t[Category.EXPIRED].add(row.label, rows=1, objects=has_object, size=size, limit=limit)
         if progress:
-            progress(len(batch))
+            progress("planning", len(batch))
     if store.base is None:
         plan.notes.append("no [common.io] state_store_objectstorage_path is configured: rows only, no objects")
-    if not pruner.wants_scan():
+    if not rules.wants_scan():
         return plan
-    scan = pruner.scan()
-    grace_cutoff = now - options.grace
-    old_cutoff = now - options.older_than if options.older_than else None
+    scan = rules.scan()
     for entry in scan.entries():
-        obj = entry.obj
-        if obj is None:
+        category = rules.category(entry)
+        if category is None or entry.obj is None:
             continue
-        size = obj.size or 0
-        rows = _referrer_rows(entry)
-        if not rows:
-            if not options.orphans:
-                continue
-            young = obj.modified is None or obj.modified >= grace_cutoff
-            t[Category.FRESH if young else Category.ORPHANS].add(str(obj.url), objects=1, size=size, limit=limit)
-        elif any(r.expires_at is not None and r.expires_at < now for r in rows):
-            t[Category.EXPIRED].bytes += size  # counted with its expired row above
-        elif old_cutoff is not None and obj.modified is not None and obj.modified < old_cutoff:
-            t[Category.OLD].add(str(obj.url), rows=len(rows), objects=1, size=size, limit=limit)
+        size = entry.obj.size or 0
+        if category is Category.EXPIRED:
+            t[category].bytes += size  # counted with its expired row above
+        elif category is Category.OLD:
+            t[category].add(str(entry.obj.url), rows=len(entry.referrers), objects=1, size=size, limit=limit)
+        else:
+            t[category].add(str(entry.obj.url), objects=1, size=size, limit=limit)
     if not scan.complete:
         plan.orphans_refused = f"not every row could be read ({scan.incomplete_reason}): orphans are not deleted"
     return plan
 
 
+def _expired_cost(targets: dict[int, ObjectURL | str | None], row: StateRow) -> int:
+    """What deleting an expired row costs against the budgets: the row, and its object if it has one."""
+    return 1 + isinstance(targets[id(row)], ObjectURL)
+
+
 class _Executor:
-    def __init__(self, store: StateStore, plan: PrunePlan, progress: Progress | None, lock: BucketLock | None) -> None:
-        self.pruner = _Pruner(store, plan.options)
+    def __init__(
+        self,
+        store: StateStore,
+        plan: PrunePlan,
+        progress: Progress | None,
+        lock: BucketLock | None,
+        within_plan: bool,
+    ) -> None:
+        self.rules = _Rules(store, plan.options, plan.at)
         self.store = store
+        self.plan = plan
         self.options = plan.options
         self.report = PruneReport(plan, dry_run=False, orphans_refused=plan.orphans_refused)
         self.progress = progress
         self.lock = lock
-        self.now = utcnow()
+        # After a person confirmed the plan, no category deletes more than the plan counted.
+        self.room: dict[Category, int] | None = {c: plan.planned(c) for c in plan.going} if within_plan else None
 
-    # -- budget ---------------------------------------------------------------------
-    def _room(self) -> int | None:
-        if self.options.max_delete is None:
-            return None
-        return self.options.max_delete - self.report.deletions
-
-    def _fit(self, items: list[Any], cost: Callable[[Any], int]) -> list[Any]:
-        """The items that fit in what --max-delete leaves; stop the run when some do not."""
-        room = self._room()
-        if room is None:
-            return items
-        kept: list[Any] = []
+    # -- budgets --------------------------------------------------------------------
+    def _fit(self, items: list[T], category: Category, cost: Callable[[T], int]) -> list[T]:
+        """The items that fit in what the confirmed plan and --max-delete leave. Past the plan, items
+        are left for the next run (counted); past --max-delete, the run stops."""
+        kept: list[T] = []
+        max_room = None if self.options.max_delete is None else self.options.max_delete - self.report.deletions
         for item in items:
-            room -= cost(item)
-            if room < 0:
+            price = cost(item)
+            if self.room is not None and self.room[category] < price:
+                self.report.beyond_plan[category.value] = self.report.beyond_plan.get(category.value, 0) + price
+                continue
+            if max_room is not None and max_room < price:
                 self.report.stopped = f"stopped at max-delete ({self.options.max_delete}): re-run to go on"
                 self.report.stopped_code = ExitCode.MAX_DELETE
                 break
+            if self.room is not None:
+                self.room[category] -= price
+            if max_room is not None:
+                max_room -= price
             kept.append(item)
         return kept
 
@@ -279,7 +327,7 @@ class _Executor:
 
     def _tick(self, count: int) -> None:
         if self.progress:
-            self.progress(count)
+            self.progress(PRUNED, count)
 
     # -- objects --------------------------------------------------------------------
     def _delete_objects(self, urls: list[ObjectURL], category: Category, sizes: dict[str, int] | None = None) -> None:
@@ -292,35 +340,41 @@ class _Executor:
         for url in urls:
             if texts[str(url)] in referenced:
                 self.report.kept.append((str(url), "a row references it again (a worker wrote it meanwhile)"))
-            elif self.pruner.base is None or not layout.is_under_base(url, self.pruner.base):
+            elif self.rules.base is None or not layout.is_under_base(url, self.rules.base):
                 self.report.kept.append((str(url), "outside the configured base path"))
             else:
                 going.append(url)
         tally = self.report.deleted[category]
-        for url, error in self.store.buckets.delete_many(going):
-            if error:
-                self.report.object_errors.append((str(url), error))
+        for url, error in zip(going, self.store.buckets.delete_many(going), strict=True):
+            if error is not None:
+                self.report.object_errors.append((str(url), error.message))
             else:
                 tally.add(str(url), objects=1, size=(sizes or {}).get(str(url), 0), limit=self.options.first)
 
     def _delete_rows(self, rows: list[StateRow], category: Category, *, expired: bool) -> list[StateRow]:
-        deleted = self.store.metastore.delete_many_if_unchanged(rows, still_expired_at=self.now if expired else None)
+        still_expired_at = self.rules.now if expired else None
+        deleted = self.store.metastore.delete_many_if_unchanged(rows, still_expired_at=still_expired_at)
         gone = {id(r) for r in deleted}
         tally = self.report.deleted[category]
         for row in rows:
             if id(row) in gone:
-                tally.add(_label(row), rows=1, size=len(row.value.encode()), limit=self.options.first)
+                tally.add(row.label, rows=1, size=len(row.value.encode()), limit=self.options.first)
             else:
-                self.report.changed_meanwhile.append(_label(row))
+                self.report.changed_meanwhile.append(row.label)
         return deleted
 
     # -- expired rows -----------------------------------------------------------------
     def expired(self) -> None:
-        flt = self.pruner.expired_filter(self.now)
-        for batch in self.store.metastore.iter_batches(flt, self.options.batch_size):
+        for batch in self.store.metastore.iter_batches(self.rules.expired_filter(), self.options.batch_size):
             self._between_batches()
-            targets = {id(row): self.pruner.object_of(row) for row in batch}
-            batch = self._fit(batch, lambda row, targets=targets: 1 + isinstance(targets[id(row)], ObjectURL))
+            targets = {id(row): self.rules.object_of(row) for row in batch}
+            cost = partial(_expired_cost, targets)
+            judged = self.rules.judged(batch)
+            if len(judged) < len(batch):  # written after the plan's moment: the next run judges them
+                kept = {id(r) for r in judged}
+                late = sum(cost(r) for r in batch if id(r) not in kept)
+                self.report.beyond_plan[Category.EXPIRED.value] = self.report.beyond_plan.get("expired", 0) + late
+            batch = self._fit(judged, Category.EXPIRED, cost)
             deleted = self._delete_rows(batch, Category.EXPIRED, expired=True)
             urls = [t for r in deleted if isinstance(t := targets[id(r)], ObjectURL)]
             self._delete_objects(urls, Category.EXPIRED)
@@ -330,23 +384,20 @@ class _Executor:
 
     # -- orphans and old objects --------------------------------------------------------
     def scanned(self) -> None:
-        if not self.pruner.wants_scan():
+        if not self.rules.wants_scan():
             return
-        scan = self.pruner.scan()
-        orphans_allowed = self.options.orphans and self.report.orphans_refused is None
-        old_cutoff = self.now - self.options.older_than if self.options.older_than else None
-        orphans: list[Any] = []
-        old: list[Any] = []
+        scan = self.rules.scan()
+        orphans_allowed = self.report.orphans_refused is None
+        orphans: list[StoredObject] = []
+        old: list[tuple[StoredObject, list[StateRow]]] = []
         for entry in scan.entries():
-            obj = entry.obj
-            if obj is None:
+            category = self.rules.category(entry)
+            if entry.obj is None:
                 continue
-            rows = _referrer_rows(entry)
-            if not rows:
-                if orphans_allowed and obj.modified is not None and obj.modified < self.now - self.options.grace:
-                    orphans.append(obj)
-            elif old_cutoff is not None and obj.modified is not None and obj.modified < old_cutoff:
-                old.append((obj, rows))
+            if category is Category.ORPHANS and orphans_allowed:
+                orphans.append(entry.obj)
+            elif category is Category.OLD:
+                old.append((entry.obj, _referrer_rows(entry)))
             if len(orphans) >= self.options.batch_size:
                 self._orphan_batch(orphans)
                 orphans = []
@@ -364,28 +415,27 @@ class _Executor:
                 "were each re-checked against the metastore"
             )
 
-    def _orphan_batch(self, objects: list[Any]) -> None:
+    def _orphan_batch(self, objects: list[StoredObject]) -> None:
         if not objects:
             return
         self._between_batches()
-        objects = self._fit(objects, lambda _obj: 1)
-        # Still old enough now (a worker may have rewritten it since the listing).
-        modified = self.store.buckets.modified_many([o.url for o in objects])
-        cutoff = utcnow() - self.options.grace
+        objects = self._fit(objects, Category.ORPHANS, lambda _obj: 1)
+        # Still old enough (a worker may have rewritten it since the listing), by the same rule.
+        infos = self.store.buckets.stat_many([o.url for o in objects])
         urls = []
-        for obj, when in zip(objects, modified, strict=True):
-            if when is None or when >= cutoff:
-                self.report.kept.append((str(obj.url), "modified since the listing, or gone"))
-            else:
+        for obj, info in zip(objects, infos, strict=True):
+            if self.rules.old_enough(modified_or_none(info)):
                 urls.append(obj.url)
+            else:
+                self.report.kept.append((str(obj.url), "modified since the listing, or gone"))
         self._delete_objects(urls, Category.ORPHANS, {str(o.url): o.size or 0 for o in objects})
         self._tick(len(objects))
 
-    def _old_batch(self, items: list[tuple[Any, list[StateRow]]]) -> None:
+    def _old_batch(self, items: list[tuple[StoredObject, list[StateRow]]]) -> None:
         if not items:
             return
         self._between_batches()
-        items = self._fit(items, lambda item: 1 + len(item[1]))
+        items = self._fit(items, Category.OLD, lambda item: 1 + len(item[1]))
         deleted = {
             id(r) for r in self._delete_rows([r for _, rows in items for r in rows], Category.OLD, expired=False)
         }
@@ -396,10 +446,16 @@ class _Executor:
 
 
 def execute_prune(
-    store: StateStore, plan: PrunePlan, progress: Progress | None = None, lock: BucketLock | None = None
+    store: StateStore,
+    plan: PrunePlan,
+    progress: Progress | None = None,
+    lock: BucketLock | None = None,
+    *,
+    within_plan: bool = False,
 ) -> PruneReport:
-    """Delete what the plan's rules select, batch by batch, recomputed from the stores as they are now."""
-    run = _Executor(store, plan, progress, lock)
+    """Delete what the plan's rules select at the plan's moment, batch by batch, re-checked against the
+    stores as they are now. ``within_plan``: no category deletes more than the plan counted."""
+    run = _Executor(store, plan, progress, lock, within_plan)
     try:
         run.expired()
         if not run.report.stopped:
@@ -416,12 +472,12 @@ def run_prune(
     options: PruneOptions,
     *,
     dry_run: bool = False,
-    confirm: Callable[[PrunePlan], bool] | None = None,
+    confirm: Confirm[PrunePlan] | None = None,
     progress: Progress | None = None,
     lock_timeout: timedelta | None = None,
 ) -> PruneReport:
-    """Plan, then (unless dry run, or not confirmed) execute under the bucket lock."""
-    from statectl.lock import DEFAULT_LOCK_TIMEOUT, BucketLock
+    """Plan, then (unless dry run, or not confirmed) execute exactly that plan under the bucket lock."""
+    from statectl.stores.lock import DEFAULT_LOCK_TIMEOUT, BucketLock
 
     options.check()
     store.check_reachable(store.base)
@@ -436,10 +492,9 @@ def run_prune(
         if plan.deletions == 0:
             report = PruneReport(plan, dry_run=False, orphans_refused=plan.orphans_refused)
         elif confirm is not None and not confirm(plan):
-            report = PruneReport(plan, dry_run=True, stopped="not confirmed: nothing changed")
-            report.stopped_code = ExitCode.USAGE
+            report = PruneReport(plan, dry_run=False, stopped=NOT_CONFIRMED, declined=True)
         else:
-            report = execute_prune(store, plan, progress, lock)
+            report = execute_prune(store, plan, progress, lock, within_plan=confirm is not None)
     finally:
         if lock is not None:
             lock.release()

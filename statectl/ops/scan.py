@@ -22,19 +22,22 @@ import heapq
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from statectl import codec, layout
-from statectl.codec import Location
+from statectl.core import codec, layout
+from statectl.core.codec import Location
+from statectl.core.filters import RowFilter
+from statectl.core.layout import ASSETS_FOLDER, ObjectURL
 from statectl.errors import DataError, UsageError
-from statectl.layout import ASSETS_FOLDER, ObjectURL
-from statectl.metastore import Metastore, RowFilter, StateRow
-from statectl.store import StateStore
+from statectl.stores.metastore import Metastore, StateRow
+from statectl.stores.store import StateStore
 
 # A cap on distinct URL prefixes (connections / schemes) of refs to the base path; each is one
 # ordered DB stream. More than this is not a deployment, and the scan says it is incomplete.
 MAX_REF_PREFIXES = 64
-_WRAPPER_HEAD = '{"' + codec.REF_KEY + '": "'
+# A worker writes the object before its row: an unreferenced object younger than this may be a write
+# in flight (check reports it as recent, prune keeps it).
+DEFAULT_GRACE = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -198,7 +201,7 @@ class Scan:
         """URL prefixes (other conn_id / scheme) of refs the provider reads from the base path; refs
         elsewhere are recorded as outside. One unordered pass over the refs not under the base URL."""
         found: set[str] = set()
-        rows = reader.iter_rows_with_value_like(_WRAPPER_HEAD, "://", _WRAPPER_HEAD + _json_text(base_prefix))
+        rows = reader.iter_rows_with_value_like(codec.WRAPPER_HEAD, "://", codec.WRAPPER_HEAD + _json_text(base_prefix))
         for row in rows:
             stored = codec.classify(row.value)
             if stored.location is not Location.OBJECT or stored.ref is None:
@@ -225,7 +228,7 @@ class Scan:
 
     def _refs(self, reader: Metastore, base: ObjectURL, prefix: str, region: Region) -> Iterator[tuple[str, Referrer]]:
         """(relative path, referrer) for the refs starting with this URL prefix, in path order."""
-        column_prefix = _WRAPPER_HEAD + _json_text(prefix + region.prefix)
+        column_prefix = codec.WRAPPER_HEAD + _json_text(prefix + region.prefix)
         other_connection = prefix != f"{base}/"
         last = ""
         for row in reader.iter_rows_by_value_prefix(column_prefix):

@@ -6,7 +6,7 @@ Two streamed passes, memory flat in the size of both stores:
    inline ref), plain rows that a worker with a backend reads with a warning (the SDK's accessors
    return the raw value and log "... was not written through the configured state backend"), ref
    rows that a worker without a backend silently misreads (it gets the wrapper dict), totals per DAG;
-2. the merge scan (``statectl.scan.Scan``) of the listing and the refs: dangling refs, orphan
+2. the merge scan (``statectl.ops.scan.Scan``) of the listing and the refs: dangling refs, orphan
    objects (older than the grace; younger ones may be a write in flight), refs outside the base
    path, objects whose suffix is not the configured compression's, object sizes per DAG; with
    ``deep`` the referenced objects are read (concurrently, in batches) and decoded as a worker does.
@@ -16,23 +16,22 @@ Every finding list keeps the first ``limit`` items and a full count.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
 from urllib.parse import unquote
 
-from statectl import codec, layout
-from statectl.bucket import ObjectMissing
-from statectl.codec import Location
-from statectl.errors import DataError, UsageError
-from statectl.metastore import RowFilter, StateRow, utcnow
-from statectl.scan import Scan, ScanEntry
-from statectl.scopes import TaskScope
-from statectl.store import StateStore
+from statectl.core import codec, layout
+from statectl.core.codec import Location
+from statectl.core.filters import RowFilter, utcnow
+from statectl.core.scopes import TaskScope
+from statectl.errors import ExitCode, StatectlError, UsageError
+from statectl.ops.report import Progress, no_progress
+from statectl.ops.scan import DEFAULT_GRACE, Scan, ScanEntry
+from statectl.stores.bucket import ObjectMissing
+from statectl.stores.metastore import StateRow
+from statectl.stores.store import StateStore
 
-DEFAULT_GRACE = timedelta(hours=1)  # the same notion as prune's --grace
 DEFAULT_LIMIT = 20
 ASSETS_GROUP = "(assets)"  # the per-DAG totals' line for asset state
 
@@ -78,6 +77,19 @@ class Totals:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class CheckOptions:
+    flt: RowFilter = field(default_factory=RowFilter)
+    grace: timedelta = DEFAULT_GRACE
+    deep: bool = False  # read every referenced object and decode it as a worker does
+    limit: int = DEFAULT_LIMIT  # items listed per finding (counts are always complete)
+    strict: bool = False  # warnings count as problems too
+
+    def check(self) -> None:
+        if self.limit < 0:
+            raise UsageError("--limit must be 0 or more")
+
+
 @dataclass
 class CheckReport:
     base: str | None
@@ -87,6 +99,7 @@ class CheckReport:
     grace: timedelta
     limit: int
     findings: dict[str, Findings]
+    strict: bool = False
     locations: dict[str, int] = field(default_factory=lambda: {loc.value: 0 for loc in Location})
     per_dag: dict[str, Totals] = field(default_factory=dict)
     scan_complete: bool = True
@@ -94,12 +107,18 @@ class CheckReport:
     objects_read: int = 0
     notes: list[str] = field(default_factory=list)
 
-    def problems(self, strict: bool = False) -> int:
-        kinds = PROBLEMS + WARNINGS if strict else PROBLEMS
+    @property
+    def problems(self) -> int:
+        kinds = PROBLEMS + WARNINGS if self.strict else PROBLEMS
         return sum(self.findings[k].count for k in kinds) + (0 if self.scan_complete else 1)
 
-    def ok(self, strict: bool = False) -> bool:
-        return self.problems(strict) == 0
+    @property
+    def ok(self) -> bool:
+        return self.problems == 0
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return ExitCode.OK if self.ok else ExitCode.PROBLEMS_FOUND
 
     @property
     def total(self) -> Totals:
@@ -111,11 +130,11 @@ class CheckReport:
             total.object_bytes += t.object_bytes
         return total
 
-    def as_dict(self, strict: bool = False) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return {
-            "ok": self.ok(strict),
-            "problems": self.problems(strict),
-            "strict": strict,
+            "ok": self.ok,
+            "problems": self.problems,
+            "strict": self.strict,
             "base": self.base,
             "backend": self.backend,
             "compression": self.compression,
@@ -139,9 +158,6 @@ class CheckReport:
             "per_dag": {name: t.as_dict() for name, t in sorted(self.per_dag.items())},
             "notes": self.notes,
         }
-
-
-Progress = Callable[[str, int], None]  # (phase, items done since the last call)
 
 
 def _row_where(row: StateRow) -> dict[str, Any]:
@@ -170,45 +186,26 @@ def _path_group(path: str) -> str:
     return unquote(segments[0]) if len(segments) >= 5 else "(other)"
 
 
-def _is_json(text: str) -> str | None:
-    """None when the text is JSON, else the parser's reason."""
-    try:
-        json.loads(text)
-    except ValueError as e:
-        return str(e)
-    return None
+class _Check:
+    """One check run: scan both stores and fill the report (see the module docstring)."""
 
-
-class Check:
-    """Scan both stores and report what is wrong (see the module docstring): ``Check(...).run()``."""
-
-    def __init__(
-        self,
-        store: StateStore,
-        flt: RowFilter | None = None,
-        *,
-        grace: timedelta = DEFAULT_GRACE,
-        deep: bool = False,
-        limit: int = DEFAULT_LIMIT,
-        progress: Progress | None = None,
-    ) -> None:
-        if limit < 0:
-            raise UsageError("--limit must be 0 or more")
+    def __init__(self, store: StateStore, options: CheckOptions, progress: Progress) -> None:
         self.store = store
-        self.flt = flt or RowFilter()
-        self.grace = grace
-        self.deep = deep
-        self.limit = limit
-        self.progress = progress or (lambda phase, n: None)
+        self.flt = options.flt
+        self.grace = options.grace
+        self.deep = options.deep
+        self.limit = options.limit
+        self.progress = progress
         config = store.config
         self.report = CheckReport(
             base=None if store.base is None else str(store.base),
             backend=config.offloads,
             compression=config.compression,
-            deep=deep,
-            grace=grace,
-            limit=limit,
-            findings={kind: Findings(limit) for kind in PROBLEMS + WARNINGS + INFO},
+            deep=options.deep,
+            grace=options.grace,
+            limit=options.limit,
+            findings={kind: Findings(options.limit) for kind in PROBLEMS + WARNINGS + INFO},
+            strict=options.strict,
         )
 
     def _totals(self, group: str) -> Totals:
@@ -217,7 +214,6 @@ class Check:
         return self.report.per_dag[group]
 
     def run(self) -> CheckReport:
-        self.store.check_reachable(self.store.base)
         self._check_rows()
         if self.store.base is None:
             self.report.notes.append("no [common.io] state_store_objectstorage_path: the bucket was not scanned")
@@ -241,7 +237,7 @@ class Check:
             totals.rows += 1
             totals.row_bytes += stored.stored_bytes
             if stored.location is Location.PLAIN:
-                if (reason := _is_json(row.value)) is not None:
+                if (reason := codec.json_error(row.value)) is not None:
                     f["undecodable"].add({**_row_where(row), "what": "row", "reason": f"not JSON: {reason}"})
                 elif backend:
                     f["plain_with_backend"].add(_row_where(row))
@@ -249,7 +245,7 @@ class Check:
                 f["refs_without_backend"].add({**_row_where(row), "location": stored.location.value})
             elif stored.location is Location.INLINE:
                 assert stored.ref is not None
-                if (reason := _is_json(stored.ref)) is not None:
+                if (reason := codec.json_error(stored.ref)) is not None:
                     f["undecodable"].add({**_row_where(row), "what": "inline ref", "reason": f"not JSON: {reason}"})
             done += 1
             if done % 1000 == 0:
@@ -322,8 +318,10 @@ class Check:
         if not entries:
             return
         base = self.store.require_base()
-        infos = list(self.store.buckets.map(lambda e: self.store.buckets.stat(base.child(e.path)), entries))
+        infos = self.store.buckets.stat_many([base.child(e.path) for e in entries])
         for entry, info in zip(entries, infos, strict=True):
+            if isinstance(info, StatectlError):
+                raise info  # the store did not answer: no finding can be trusted
             if info.exists:
                 continue
             for referrer in entry.referrers:
@@ -341,11 +339,18 @@ class Check:
             if isinstance(text, ObjectMissing):  # deleted since it was listed
                 self._confirm_dangling([entry])
                 continue
-            reason = text.message if isinstance(text, DataError) else None
-            if reason is None and (bad := _is_json(text)) is not None:
+            reason = text.message if isinstance(text, StatectlError) else None
+            if not isinstance(text, StatectlError) and (bad := codec.json_error(text)) is not None:
                 reason = f"object {entry.obj.url if entry.obj else entry.path} is not JSON: {bad}"
             if reason is not None:
                 for referrer in entry.referrers:
                     self.report.findings["undecodable"].add(
                         {**_row_where(referrer.row), "what": "object", "path": entry.path, "reason": reason}
                     )
+
+
+def run_check(store: StateStore, options: CheckOptions, *, progress: Progress | None = None) -> CheckReport:
+    """Scan the metastore and the bucket and report what is wrong; changes nothing."""
+    options.check()
+    store.check_reachable(store.base)
+    return _Check(store, options, progress or no_progress).run()

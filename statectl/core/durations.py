@@ -1,9 +1,9 @@
-"""Durations as operators write them: 30s, 15m, 6h, 7d, 2w (and combinations like 1d12h)."""
+"""Durations as operators write them (30s, 15m, 6h, 7d, 2w, 1d12h), and times as reports show them."""
 
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from statectl.errors import UsageError
 
@@ -22,3 +22,8 @@ def parse_duration(text: str, what: str = "duration") -> timedelta:
     if total <= timedelta(0):
         raise UsageError(f"{what} must be longer than zero")
     return total
+
+
+def iso(value: datetime | None) -> str | None:
+    """A timestamp as reports show it (ISO 8601), None as None."""
+    return value.isoformat() if value else None

@@ -28,6 +28,12 @@ def check_key(key: str) -> str:
     return key
 
 
+def task_label(dag_id: str, run_id: str, task_id: str, map_index: int) -> str:
+    """dag/run/task, with [map_index] for a mapped task: how a task scope is shown everywhere."""
+    suffix = "" if map_index == -1 else f"[{map_index}]"
+    return f"{dag_id}/{run_id}/{task_id}{suffix}"
+
+
 @dataclass(frozen=True, order=True)
 class TaskScope:
     dag_id: str
@@ -49,8 +55,10 @@ class TaskScope:
         return "task"
 
     def label(self) -> str:
-        suffix = "" if self.map_index == -1 else f"[{self.map_index}]"
-        return f"{self.dag_id}/{self.run_id}/{self.task_id}{suffix}"
+        return task_label(self.dag_id, self.run_id, self.task_id, self.map_index)
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.label()}"
 
 
 @dataclass(frozen=True, order=True)
@@ -84,37 +92,50 @@ class AssetScope:
     def label(self) -> str:
         return self.name or self.uri or f"asset#{self.asset_id}"
 
+    def __str__(self) -> str:
+        return f"{self.kind} {self.label()}"
+
 
 Scope = TaskScope | AssetScope
 
 
-def scope_from_flags(
-    *,
-    dag: str | None = None,
-    run: str | None = None,
-    task: str | None = None,
-    map_index: int | None = None,
-    asset: str | None = None,
-    asset_uri: str | None = None,
-) -> Scope:
-    """Build exactly one scope from the addressing flags, refusing incomplete or mixed sets."""
-    task_flags = {"--dag": dag, "--run": run, "--task": task}
-    given_task = [flag for flag, value in task_flags.items() if value is not None]
-    if map_index is not None:
-        given_task.append("--map-index")
-    given_asset = [f for f, v in (("--asset", asset), ("--asset-uri", asset_uri)) if v is not None]
-    if given_task and given_asset:
-        raise UsageError(
-            f"give either a task scope or an asset scope, not both ({', '.join(given_task + given_asset)})"
-        )
-    if given_asset:
-        if len(given_asset) > 1:
-            raise UsageError("give --asset NAME or --asset-uri URI, not both")
-        return AssetScope(name=asset, uri=asset_uri)
-    missing = [flag for flag, value in task_flags.items() if value is None]
-    if missing:
-        if not given_task:
-            raise UsageError("no scope: give --dag, --run and --task, or --asset / --asset-uri")
-        raise UsageError(f"incomplete task scope: missing {', '.join(missing)}")
-    assert dag is not None and run is not None and task is not None
-    return TaskScope(dag, run, task, -1 if map_index is None else map_index)
+@dataclass(frozen=True)
+class ScopeFlags:
+    """The addressing flags as given (None: not given): --dag --run --task --map-index, or --asset / --asset-uri.
+
+    Commands on one scope make it with :meth:`scope`; commands on many rows filter by the same flags
+    (``statectl.core.filters.filter_from_flags``)."""
+
+    dag: str | None = None
+    run: str | None = None
+    task: str | None = None
+    map_index: int | None = None
+    asset: str | None = None
+    asset_uri: str | None = None
+
+    @property
+    def given_task_flags(self) -> list[str]:
+        named = (("--dag", self.dag), ("--run", self.run), ("--task", self.task), ("--map-index", self.map_index))
+        return [flag for flag, value in named if value is not None]
+
+    @property
+    def given_asset_flags(self) -> list[str]:
+        return [flag for flag, value in (("--asset", self.asset), ("--asset-uri", self.asset_uri)) if value is not None]
+
+    def scope(self) -> Scope:
+        """Exactly one scope, refusing incomplete or mixed sets of flags."""
+        given_task, given_asset = self.given_task_flags, self.given_asset_flags
+        if given_task and given_asset:
+            raise UsageError(
+                f"give either a task scope or an asset scope, not both ({', '.join(given_task + given_asset)})"
+            )
+        if given_asset:
+            if len(given_asset) > 1:
+                raise UsageError("give --asset NAME or --asset-uri URI, not both")
+            return AssetScope(name=self.asset, uri=self.asset_uri)
+        if self.dag is None or self.run is None or self.task is None:
+            if not given_task:
+                raise UsageError("no scope: give --dag, --run and --task, or --asset / --asset-uri")
+            missing = [f for f, v in (("--dag", self.dag), ("--run", self.run), ("--task", self.task)) if v is None]
+            raise UsageError(f"incomplete task scope: missing {', '.join(missing)}")
+        return TaskScope(self.dag, self.run, self.task, -1 if self.map_index is None else self.map_index)

@@ -1,7 +1,7 @@
 """Move state between the metastore and the bucket, and between buckets, without losing a value.
 
-A migration is planned first (``plan``: categories, rows and bytes, no writes), then executed
-batch by batch (``execute``). Per batch:
+``run_migration`` plans first (actions, rows and bytes, no writes), asks, then executes batch by
+batch. Per batch:
 
 1. read each row's value (objects concurrently) and work out the row's target form;
 2. write and verify the new objects (concurrently) before any row points to them;
@@ -17,23 +17,26 @@ old objects not yet deleted in step 4 are left to ``statectl prune``.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from statectl import codec, layout
-from statectl.bucket import ObjectExists, ObjectMissing
-from statectl.codec import Location, StoredValue
-from statectl.errors import DataError, StatectlError, UnreachableError, UsageError
-from statectl.layout import ObjectURL
-from statectl.metastore import RowFilter, StateRow
-from statectl.store import StateStore
+from statectl.core import codec, layout
+from statectl.core.codec import Location, StoredValue
+from statectl.core.filters import RowFilter
+from statectl.core.layout import ObjectURL
+from statectl.errors import DataError, ExitCode, StatectlError, UnreachableError, UsageError
+from statectl.ops.report import NOT_CONFIRMED, Confirm, Progress
+from statectl.stores.bucket import ObjectExists, ObjectMissing, modified_or_none
+from statectl.stores.metastore import StateRow
+from statectl.stores.store import StateStore
 
 # An object at a row's target path that holds another value and is younger than this may be a
 # worker's in-flight write (object first, then row): never overwrite it.
 IN_FLIGHT_GRACE = timedelta(hours=1)
+DEFAULT_BATCH = 500
+PLANNING = "planning"
 
 
 class Direction(StrEnum):
@@ -80,11 +83,25 @@ class Item:
 
     @property
     def label(self) -> str:
-        return f"{self.row.scope.kind} {self.row.scope.label()} key {self.row.key!r}"
+        return self.row.label
+
+
+@dataclass(frozen=True)
+class MigrationOptions:
+    direction: Direction
+    flt: RowFilter = field(default_factory=RowFilter)
+    to: str | None = None  # relocate: the new base path
+    compression: str | None = None  # relocate: the new objects' codec ("" for none; None: unchanged)
+    keep_objects: bool = False  # to-metastore: leave the objects in place
+    batch_size: int = DEFAULT_BATCH
+
+    def check(self) -> None:
+        if self.batch_size < 1:
+            raise UsageError("--batch-size must be 1 or more")
 
 
 @dataclass
-class Tally:
+class ActionTally:
     rows: int = 0
     bytes: int = 0
 
@@ -94,12 +111,12 @@ class Tally:
 
 
 @dataclass
-class Report:
+class MigrationReport:
     """The plan (dry run) or the outcome of a migration, per action."""
 
     direction: Direction
     dry_run: bool
-    actions: dict[str, Tally] = field(default_factory=lambda: {a.value: Tally() for a in Action})
+    actions: dict[str, ActionTally] = field(default_factory=lambda: {a.value: ActionTally() for a in Action})
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (row label, reason)
     changed_meanwhile: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
@@ -110,11 +127,24 @@ class Report:
     objects_left: list[tuple[str, str]] = field(default_factory=list)  # (url, why it stays)
     over_limit: list[str] = field(default_factory=list)  # values over max_value_storage_bytes
     interrupted: str | None = None
+    declined: bool = False  # the plan was shown and not confirmed: nothing changed
+    target: Target | None = None
+
+    @property
+    def selected(self) -> int:
+        """The rows the filters selected (each has exactly one action)."""
+        return sum(t.rows for t in self.actions.values())
 
     @property
     def ok(self) -> bool:
         """Every selected row is in its target form (a skipped row is not: it needs a look)."""
+        if self.declined:
+            return True
         return not (self.failed or self.changed_meanwhile or self.interrupted or self.skipped)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return ExitCode.OK if self.ok else ExitCode.PARTIAL
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -135,16 +165,14 @@ class Report:
             "over_max_value_storage_bytes": self.over_limit,
             "interrupted": self.interrupted,
             "ok": self.ok,
+            **({"stopped": NOT_CONFIRMED} if self.declined else {}),
         }
-
-
-Progress = Callable[[int, int], None]  # (rows done, bytes done) since the last call
 
 
 class Migration:
     """One migration over the rows a filter selects."""
 
-    def __init__(self, store: StateStore, target: Target, flt: RowFilter, batch_size: int = 500) -> None:
+    def __init__(self, store: StateStore, target: Target, flt: RowFilter, batch_size: int = DEFAULT_BATCH) -> None:
         if batch_size < 1:
             raise UsageError("--batch-size must be 1 or more")
         self.store = store
@@ -213,9 +241,9 @@ class Migration:
         return item
 
     # -- plan -----------------------------------------------------------------------
-    def plan(self, progress: Progress | None = None) -> Report:
+    def plan(self, progress: Progress | None = None) -> MigrationReport:
         """What would happen, from the rows (and object sizes) alone; changes nothing."""
-        report = Report(self.target.direction, dry_run=True)
+        report = MigrationReport(self.target.direction, dry_run=True)
         for batch in self.store.metastore.iter_batches(self.flt, self.batch_size):
             items = [self.classify(row) for row in batch]
             self._measure_objects(items)
@@ -226,44 +254,41 @@ class Migration:
                 if item.action in (Action.PLAIN, Action.INLINE, Action.MOVE) and item.source_url is not None:
                     report.objects_to_delete += 0 if self.target.keep_objects else 1
             if progress:
-                progress(len(items), sum(i.bytes for i in items))
+                progress(PLANNING, len(items))
         return report
 
     def _measure_objects(self, items: list[Item]) -> None:
         """Stored sizes of referenced objects, and missing objects found early."""
         with_objects = [i for i in items if i.source_url is not None and i.action is not Action.SKIP]
-
-        def stat(item: Item) -> None:
-            assert item.source_url is not None
-            info = self.store.buckets.stat(item.source_url)
+        infos = self.store.buckets.stat_many([i.source_url for i in with_objects if i.source_url is not None])
+        for item, info in zip(with_objects, infos, strict=True):
+            if isinstance(info, StatectlError):
+                raise info  # the store did not answer: stop before anything changes
             if not info.exists:
                 item.action, item.reason = Action.SKIP, f"object {item.source_url} is missing"
             else:
                 item.bytes = info.size or 0
 
-        for _ in self.store.buckets.map(stat, with_objects):
-            pass
-
     @staticmethod
-    def _count(report: Report, item: Item) -> None:
+    def _count(report: MigrationReport, item: Item) -> None:
         report.actions[item.action.value].add(item.bytes)
         if item.action is Action.SKIP:
             report.skipped.append((item.label, item.reason or ""))
 
     # -- execute --------------------------------------------------------------------
-    def execute(self, progress: Progress | None = None) -> Report:
-        report = Report(self.target.direction, dry_run=False)
+    def execute(self, progress: Progress | None = None) -> MigrationReport:
+        report = MigrationReport(self.target.direction, dry_run=False)
         try:
             for batch in self.store.metastore.iter_batches(self.flt, self.batch_size):
                 self._run_batch(batch, report)
                 if progress:
-                    progress(len(batch), 0)
+                    progress(self.target.direction.value, len(batch))
         except StatectlError as e:
             # A store went away mid-run: what is committed is consistent; say so and stop.
             report.interrupted = e.message
         return report
 
-    def _run_batch(self, batch: list[StateRow], report: Report) -> None:
+    def _run_batch(self, batch: list[StateRow], report: MigrationReport) -> None:
         items = [self.classify(row) for row in batch]
         # Rows already pointing at their target object: a missing object is reported, as in the plan.
         self._measure_objects(
@@ -288,7 +313,7 @@ class Migration:
         wanted = [i for i in items if self._needs_value(i) and i.serialized is None and i.source_url is not None]
         texts = self.store.buckets.read_many([i.source_url for i in wanted if i.source_url is not None])
         for item, text in zip(wanted, texts, strict=True):
-            if isinstance(text, DataError):  # missing (ObjectMissing) or undecodable
+            if isinstance(text, StatectlError):  # missing (ObjectMissing) or undecodable
                 item.action, item.reason = Action.SKIP, text.message
             else:
                 item.serialized = text
@@ -304,10 +329,7 @@ class Migration:
                 item.serialized = self.store.buckets.read_text(item.source_url)
                 item.bytes = len(item.serialized.encode())
             value = json.loads(item.serialized)
-        except ObjectMissing as e:
-            item.action, item.reason = Action.SKIP, e.message
-            return
-        except DataError as e:
+        except DataError as e:  # missing, or does not decode
             item.action, item.reason = Action.SKIP, e.message
             return
         except ValueError as e:
@@ -337,7 +359,7 @@ class Migration:
             self.target.direction is Direction.TO_BUCKET and self.target.threshold > 0 and item.source_url is not None
         )
 
-    def _write_all(self, items: list[Item], report: Report) -> None:
+    def _write_all(self, items: list[Item], report: MigrationReport) -> None:
         """Write the target objects, except those already holding the value or maybe a worker's.
 
         Where the store makes create-if-absent writes atomic, one conditional PUT per target (the
@@ -360,7 +382,8 @@ class Migration:
         differs = [
             i for i, e in zip(items, existing, strict=True) if not isinstance(e, ObjectMissing) and e != i.serialized
         ]
-        modified = buckets.modified_many([i.target_url for i in differs if i.target_url is not None])
+        infos = buckets.stat_many([i.target_url for i in differs if i.target_url is not None])
+        modified = [modified_or_none(info) for info in infos]
         now = datetime.now(tz=UTC)
         recent = {
             id(i)
@@ -385,7 +408,7 @@ class Migration:
         return [(i.target_url, i.serialized) for i in items if i.target_url is not None and i.serialized is not None]
 
     @staticmethod
-    def _record_writes(outcomes: list[tuple[Item, StatectlError | None]], report: Report) -> None:
+    def _record_writes(outcomes: list[tuple[Item, StatectlError | None]], report: MigrationReport) -> None:
         for _, error in outcomes:
             if isinstance(error, UnreachableError):
                 raise error  # the store went away: stop the run before this batch changes any row
@@ -396,7 +419,7 @@ class Migration:
                 item.action, item.reason = Action.SKIP, error.message
                 report.failed.append((item.label, error.message))
 
-    def _update_rows(self, items: list[Item], report: Report) -> list[Item]:
+    def _update_rows(self, items: list[Item], report: MigrationReport) -> list[Item]:
         """Conditional updates in one transaction; return the items committed."""
         metastore = self.store.metastore
         committed: list[Item] = []
@@ -414,15 +437,15 @@ class Migration:
                 report.over_limit.append(f"{item.label} ({len(item.new_text)} bytes)")
         return committed
 
-    def _delete_old_objects(self, committed: list[Item], report: Report) -> None:
+    def _delete_old_objects(self, committed: list[Item], report: MigrationReport) -> None:
         """Objects that committed rows no longer reference (only under the source base path)."""
         old = [i.source_url for i in committed if i.source_url is not None and i.target_url != i.source_url]
         if self.target.keep_objects:
             report.objects_left.extend((str(u), "--keep-objects") for u in old)
             return
-        for url, error in self.store.buckets.delete_many(old):
-            if error:
-                report.objects_left.append((str(url), error))
+        for url, error in zip(old, self.store.buckets.delete_many(old), strict=True):
+            if error is not None:
+                report.objects_left.append((str(url), error.message))
             else:
                 report.objects_deleted += 1
 
@@ -478,4 +501,49 @@ def _contains(outer: ObjectURL, inner: ObjectURL) -> bool:
     )
 
 
-__all__ = ["Action", "Direction", "Migration", "Report", "Target", "build_target"]
+def run_migration(
+    store: StateStore,
+    options: MigrationOptions,
+    *,
+    dry_run: bool = False,
+    confirm: Confirm[MigrationReport] | None = None,
+    progress: Progress | None = None,
+) -> MigrationReport:
+    """Plan the migration (dry run, or to ask ``confirm``), then execute it batch by batch.
+
+    Nothing changes before the stores answered and the target is valid. Without ``confirm`` and
+    not a dry run, the plan is not computed (a second pass over every row and object)."""
+    options.check()
+    target = build_target(
+        store, options.direction, to=options.to, compression=options.compression, keep_objects=options.keep_objects
+    )
+    migration = Migration(store, target, options.flt, batch_size=options.batch_size)
+    store.check_reachable(target.base, target.source_base)
+    total = migration.count()
+    if progress and total:
+        progress(PLANNING if dry_run or confirm else options.direction.value, 0, total=total)
+    if dry_run or confirm is not None:
+        plan = migration.plan(progress)
+        plan.target = target
+        if dry_run:
+            return plan
+        if total and confirm is not None and not confirm(plan):
+            plan.dry_run, plan.declined = False, True
+            return plan
+        if progress and total:
+            progress(options.direction.value, 0, total=total)
+    report = migration.execute(progress)
+    report.target = target
+    return report
+
+
+__all__ = [
+    "Action",
+    "Direction",
+    "Migration",
+    "MigrationOptions",
+    "MigrationReport",
+    "Target",
+    "build_target",
+    "run_migration",
+]

@@ -21,6 +21,10 @@ from urllib.parse import unquote, urlsplit
 
 from statectl.errors import ConfigError, UsageError
 
+# Parallel object requests in flight, unless --concurrency says otherwise.
+DEFAULT_CONCURRENCY = 16
+MAX_CONCURRENCY = 256
+
 OBJECT_STORAGE_BACKEND = "airflow.providers.common.io.state_store.backend.StateStoreObjectStorageBackend"
 
 
@@ -88,6 +92,21 @@ class Overrides:
     compression: str | None = None
     threshold: int | None = None
     backend: str | None = None  # "metastore" | "objectstorage"
+
+
+BACKEND_CHOICES = ("metastore", "objectstorage")
+
+
+def check_backend_choice(backend: str) -> str:
+    if backend not in BACKEND_CHOICES:
+        raise UsageError(f"--backend must be metastore or objectstorage, not {backend!r}")
+    return backend
+
+
+def check_concurrency(concurrency: int) -> int:
+    if not 1 <= concurrency <= MAX_CONCURRENCY:
+        raise UsageError(f"--concurrency must be between 1 and {MAX_CONCURRENCY}")
+    return concurrency
 
 
 _ENV_VAR = re.compile(r"\$(\w+|\{[^}]*\})", re.ASCII)  # what posixpath.expandvars matches
@@ -213,8 +232,7 @@ class Config:
             THRESHOLD: None if o.threshold is None else str(o.threshold),
         }
         if o.backend is not None:
-            if o.backend not in ("metastore", "objectstorage"):
-                raise UsageError(f"--backend must be metastore or objectstorage, not {o.backend!r}")
+            check_backend_choice(o.backend)
             given[WORKER_BACKEND] = OBJECT_STORAGE_BACKEND if o.backend == "objectstorage" else ""
         for option, value in given.items():
             if value is not None:

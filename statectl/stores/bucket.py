@@ -1,0 +1,564 @@
+"""Object storage through fsspec, reached the way a worker reaches it.
+
+``file://`` uses fsspec's LocalFileSystem directly (what Airflow does too). Any other
+scheme goes through Airflow's own ``attach(protocol, conn_id)``, so a ``conn_id`` in the URL
+resolves through Airflow connections (``AIRFLOW_CONN_*``, secrets backends, the metadata
+DB) to the very filesystem a worker builds.
+
+One bytes codec (:func:`encode_object` / :func:`decode_object`) makes and reads the provider's
+bytes, codec framing included; one read path and one write path use it for every store. Batch
+calls answer per object with a :data:`Result`: the value, or the error for that object. A store
+that cannot be reached at all raises instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import errno
+import hashlib
+import inspect
+import io
+import logging
+import os
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from typing import Any, TypeVar, Union
+
+from statectl.core.config import DEFAULT_CONCURRENCY
+from statectl.core.layout import ObjectURL, reserved_url
+from statectl.errors import DataError, StatectlError, UnreachableError
+from statectl.stores import listing
+from statectl.stores.listing import ListedObject, modified_from_info
+
+MULTIPART_FROM = 100 * 2**20  # s3fs uploads at least twice its 50 MiB chunk size in parts
+DELETE_BATCH = 1000  # S3 deletes up to 1000 keys per request
+T = TypeVar("T")
+R = TypeVar("R")
+# What a batch call did for one object: its value, or the error that object met.
+Result = Union[T, StatectlError]  # noqa: UP007 - a generic alias needs Union at runtime on 3.11
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Buckets", "ListedObject", "ObjectExists", "ObjectInfo", "ObjectMissing", "Result"]
+
+
+class ObjectMissing(DataError):
+    pass
+
+
+class ObjectExists(DataError):
+    """A create-if-absent write found something already at the path (nothing was written)."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    url: ObjectURL
+    size: int | None
+    exists: bool
+    modified: datetime | None = None  # UTC, None if unknown
+
+
+def _unreachable(url: ObjectURL, e: BaseException) -> UnreachableError:
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return UnreachableError(f"object storage {url.protocol}://{url.path.split('/')[0] or '/'}: {reason}")
+
+
+def _missing(url: ObjectURL) -> ObjectMissing:
+    return ObjectMissing(f"object {url} does not exist (a worker reads None)")
+
+
+def _exists_error(url: ObjectURL) -> ObjectExists:
+    return ObjectExists(f"object {url} already exists; nothing written")
+
+
+class Buckets:
+    """Filesystems per (protocol, conn_id), built once and shared by all operations."""
+
+    def __init__(self, concurrency: int = DEFAULT_CONCURRENCY) -> None:
+        self.concurrency = concurrency
+        self._filesystems: dict[tuple[str, str | None], Any] = {}
+        self._honours_if_absent: dict[tuple[str, str | None], bool] = {}
+
+    def fs(self, url: ObjectURL) -> Any:
+        key = (url.protocol, url.conn_id)
+        if key not in self._filesystems:
+            self._filesystems[key] = self._build(url)
+        return self._filesystems[key]
+
+    def _build(self, url: ObjectURL) -> Any:
+        if url.is_local:
+            from fsspec.implementations.local import LocalFileSystem
+
+            return LocalFileSystem()
+        try:
+            from airflow.sdk.io.store import attach
+        except ImportError as e:  # pragma: no cover - Airflow is a dependency
+            raise UnreachableError(f"cannot build a filesystem for {url.protocol}://: {e}") from None
+        try:
+            return attach(url.protocol, url.conn_id).fs
+        except ValueError as e:
+            if "No filesystem registered" not in str(e) or url.conn_id:
+                raise _unreachable(url, e) from None
+            # No Airflow provider registers this scheme: workers cannot use it either, but
+            # fsspec's own filesystem (honouring e.g. STORAGE_EMULATOR_HOST) can still read it.
+            import fsspec
+
+            log.warning("no Airflow provider registers %s://; used fsspec directly", url.protocol)
+            return fsspec.filesystem(url.protocol)
+        except StatectlError:
+            raise
+        except Exception as e:
+            raise _unreachable(url, e) from None
+
+    def _is_async(self, url: ObjectURL) -> bool:
+        return not url.is_local and bool(getattr(self.fs(url), "async_impl", False))
+
+    # -- single objects: a batch of one ---------------------------------------------------
+    def read_text(self, url: ObjectURL) -> str:
+        """Read as the provider does: compression inferred from the suffix, UTF-8."""
+        return _value(self.read_many([url])[0])
+
+    def write_text(self, url: ObjectURL, text: str, compression: str | None, *, if_absent: bool = False) -> None:
+        """Write as the provider does, verified before anyone points to it (see write_many)."""
+        error = self.write_many([(url, text)], compression, if_absent=if_absent)[0]
+        if error is not None:
+            raise error
+
+    def stat(self, url: ObjectURL) -> ObjectInfo:
+        """Existence, size and last-modified time from one request."""
+        return _value(self.stat_many([url])[0])
+
+    def probe(self, url: ObjectURL) -> None:
+        """Fail early if the store behind a base path cannot be reached (a listing, no writes)."""
+        fs = self.fs(url)
+        try:
+            fs.exists(url.path)
+        except StatectlError:
+            raise
+        except Exception as e:
+            raise _unreachable(url, e) from None
+
+    # -- listing --------------------------------------------------------------------
+    def iter_listing(self, url: ObjectURL, prefix: str = "") -> Iterator[ListedObject]:
+        """Every object below ``url`` whose path relative to it starts with ``prefix``, streamed in
+        plain str order of the path (see :mod:`statectl.stores.listing`)."""
+        try:
+            yield from listing.iter_listing(url, prefix, self.fs)
+        except StatectlError:
+            raise
+        except FileNotFoundError:
+            return
+        except Exception as e:
+            raise _unreachable(url, e) from None
+
+    # -- many objects ---------------------------------------------------------------
+    def map(self, func: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+        """Run I/O concurrently, in order, with a bounded number of items in flight."""
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            yield from pool.map(func, items)
+
+    def _gather(self, fs: Any, coros: Sequence[Callable[[], Awaitable[Any]]]) -> list[Any]:
+        """Run coroutines on the filesystem's own event loop (no thread per call), at most
+        `concurrency` at a time; each result is the value or the exception raised."""
+        from fsspec.asyn import sync
+
+        limit = self.concurrency
+
+        async def run_all() -> list[Any]:
+            semaphore = asyncio.Semaphore(limit)
+
+            async def one(make: Callable[[], Awaitable[Any]]) -> Any:
+                async with semaphore:
+                    return await make()
+
+            return await asyncio.gather(*(one(c) for c in coros), return_exceptions=True)
+
+        results: list[Any] = sync(fs.loop, run_all)
+        return results
+
+    def _grouped(
+        self,
+        urls: Sequence[ObjectURL],
+        sync_one: Callable[[int], R],
+        async_one: Callable[[Any, int], Awaitable[R]],
+    ) -> list[R]:
+        """Per filesystem: a thread pool for synchronous ones, the filesystem's event loop for async
+        ones. An exception escaping ``async_one`` is re-raised here (the store is unreachable)."""
+        results: list[Any] = [None] * len(urls)
+        groups: dict[tuple[str, str | None], list[int]] = {}
+        for index, url in enumerate(urls):
+            groups.setdefault((url.protocol, url.conn_id), []).append(index)
+        for indices in groups.values():
+            first = urls[indices[0]]
+            if self._is_async(first):
+                fs = self.fs(first)
+                outcomes = self._gather(fs, [partial(async_one, fs, i) for i in indices])
+                for index, outcome in zip(indices, outcomes, strict=True):
+                    if isinstance(outcome, StatectlError) or not isinstance(outcome, BaseException):
+                        continue
+                    if isinstance(outcome, Exception):
+                        raise _unreachable(urls[index], outcome) from None
+                    raise outcome
+            else:
+                outcomes = list(self.map(sync_one, indices))
+            for index, outcome in zip(indices, outcomes, strict=True):
+                results[index] = outcome
+        return results
+
+    def read_many(self, urls: Sequence[ObjectURL]) -> list[Result[str]]:
+        """Read objects as the provider does, concurrently: per URL its text, or the DataError
+        (ObjectMissing included) met reading it. An unreachable store raises.
+
+        On async filesystems (S3, GCS) one GET per object (fs.open would first send a HEAD, and
+        on S3 a listing when the object is missing)."""
+
+        def read_one(index: int) -> Result[str]:
+            url = urls[index]
+            try:
+                data = self.fs(url).cat_file(url.path)
+            except FileNotFoundError:
+                return _missing(url)
+            except IsADirectoryError:
+                return DataError(f"object {url} is a directory, not an object")
+            except StatectlError:
+                raise
+            except Exception as e:
+                raise _unreachable(url, e) from None
+            return _decoded(url, data)
+
+        async def read_async(fs: Any, index: int) -> Result[str]:
+            url = urls[index]
+            try:
+                data = await fs._cat_file(url.path, **_cat_kwargs(fs))
+            except FileNotFoundError:
+                return _missing(url)
+            return _decoded(url, data)
+
+        return self._grouped(urls, read_one, read_async)
+
+    def stat_many(self, urls: Sequence[ObjectURL]) -> list[Result[ObjectInfo]]:
+        """Existence, size and last-modified time per object, concurrently (one request each)."""
+
+        def info(url: ObjectURL, answer: dict[str, Any]) -> ObjectInfo:
+            return ObjectInfo(url, answer.get("size"), True, modified_from_info(answer))
+
+        def stat_one(index: int) -> Result[ObjectInfo]:
+            url = urls[index]
+            try:
+                return info(url, self.fs(url).info(url.path))
+            except FileNotFoundError:
+                return ObjectInfo(url, None, False)
+            except StatectlError as e:
+                return e
+            except Exception as e:
+                return _unreachable(url, e)
+
+        async def stat_async(fs: Any, index: int) -> Result[ObjectInfo]:
+            url = urls[index]
+            try:
+                return info(url, await fs._info(url.path))
+            except FileNotFoundError:
+                return ObjectInfo(url, None, False)
+            except Exception as e:
+                return _unreachable(url, e)
+
+        return self._grouped(urls, stat_one, stat_async)
+
+    def write_many(
+        self, objects: Sequence[tuple[ObjectURL, str]], compression: str | None, *, if_absent: bool = False
+    ) -> list[Result[None]]:
+        """Write objects as the provider does and verify each before anyone points to it.
+
+        Per object: None when written and verified, else the error. The object's bytes are
+        encoded here with the provider's codec (and checked to decode back to the text). Local
+        files are written beside the target and renamed over it (a kill never leaves a truncated
+        object), then read back and compared. Object stores get one PUT; the checksum the store
+        reports for it (S3 ETag in the PUT response, else a HEAD's ETag / GCS md5Hash) must be
+        that of the bytes sent; a store that reports no checksum is read back and compared.
+
+        ``if_absent``: write only where nothing is (ObjectExists otherwise), atomically. Pass it
+        only where :meth:`honours_if_absent` is true (local files: always atomic).
+        """
+
+        def write_one(index: int) -> Result[None]:
+            url, text = objects[index]
+            # Written first, verified after: a local object that does not decode back is where a worker
+            # would have put the same bytes, and the read-back refuses it before any row points to it.
+            payload = encode_object(url, text, compression, local=url.is_local, verify=False)
+            if url.is_local:
+                error = _write_local(url, payload, if_absent)
+            else:
+                error = _write_sync(self.fs(url), url, payload, if_absent)
+            return error if error is not None else _decoded_as(url, payload, text)
+
+        async def put_and_check(fs: Any, index: int) -> Result[None]:
+            try:
+                return await put(fs, *objects[index])
+            except Exception as e:  # e.g. a store that refuses the conditional header: this object failed
+                return _unreachable(objects[index][0], e)
+
+        async def put(fs: Any, url: ObjectURL, text: str) -> Result[None]:
+            try:
+                # Compressing in a worker thread (zlib releases the GIL) keeps the loop's I/O going.
+                payload = await asyncio.to_thread(encode_object, url, text, compression)
+            except DataError as e:
+                return e
+            # s3fs sends large objects in parts and drops the condition: check first (not atomic).
+            if if_absent and len(payload) >= MULTIPART_FROM and await _exists(fs, url.path):
+                return _exists_error(url)
+            try:
+                # The store checks the bytes it received (botocore sends a CRC32 checksum) and answers
+                # with their checksum: when it does, that verifies the object without a HEAD.
+                response = await fs._pipe_file(url.path, payload, **({"mode": "create"} if if_absent else {}))
+            except FileExistsError:
+                return _exists_error(url)
+            same = _same_bytes(response, payload) if isinstance(response, dict) else None
+            if same is None:
+                same = _same_bytes(await fs._info(url.path), payload)
+            if same is None:  # no checksum to compare: read it back
+                same = await fs._cat_file(url.path, **_cat_kwargs(fs)) == payload
+            return None if same else _not_as_written(url)
+
+        return self._grouped([url for url, _ in objects], write_one, put_and_check)
+
+    def delete_many(self, urls: Sequence[ObjectURL]) -> list[Result[None]]:
+        """Delete objects (a missing one counts as deleted); per URL None, or the error."""
+        results: list[Result[None]] = [None] * len(urls)
+        groups: dict[tuple[str, str | None], list[int]] = {}
+        for index, url in enumerate(urls):
+            groups.setdefault((url.protocol, url.conn_id), []).append(index)
+        for indices in groups.values():
+            fs = self.fs(urls[indices[0]])
+            if urls[indices[0]].is_local:
+                errors = self.map(partial(_delete_at, fs, urls), indices)
+                for index, error in zip(indices, errors, strict=True):
+                    results[index] = error
+                continue
+            # Object stores batch deletes (S3 takes 1000 keys a request).
+            for start in range(0, len(indices), DELETE_BATCH):
+                chunk = indices[start : start + DELETE_BATCH]
+                try:
+                    fs.rm([urls[i].path for i in chunk])
+                except FileNotFoundError:
+                    for i in chunk:
+                        results[i] = _delete_one(fs, urls[i])
+                except Exception as e:
+                    for i in chunk:
+                        results[i] = _not_deleted(e)
+        return results
+
+    # -- create-if-absent ---------------------------------------------------------------
+    def honours_if_absent(self, base: ObjectURL) -> bool:
+        """Whether create-if-absent writes are atomic on this store, from one probe under the base
+        path (a create that must succeed, the same again that must be refused, then a delete):
+        locally a hard link (which some FUSE mounts refuse), on object stores a conditional PUT.
+        A store that ignores S3's If-None-Match would silently overwrite, so none is trusted untested."""
+        # Local directories may sit on different filesystems: one probe per base path there.
+        key = (base.protocol, base.path if base.is_local else base.conn_id)
+        if key not in self._honours_if_absent:
+            self._honours_if_absent[key] = self._probe_if_absent(base)
+        return self._honours_if_absent[key]
+
+    def _probe_if_absent(self, base: ObjectURL) -> bool:
+        from uuid import uuid4
+
+        if not base.is_local and (
+            not self._is_async(base) or "mode" not in inspect.signature(self.fs(base)._pipe_file).parameters
+        ):
+            return False
+        probe = reserved_url(base, f"probe-{uuid4().hex}")
+        try:
+            first = self.write_many([(probe, "probe")], None, if_absent=True)[0]
+            second = self.write_many([(probe, "probe again")], None, if_absent=True)[0]
+        finally:
+            self.delete_many([probe])
+        if first is not None:
+            log.debug("conditional create probe: %s", first)
+        honoured = first is None and isinstance(second, ObjectExists)
+        if not honoured:
+            log.debug("%s:// does not honour create-if-absent writes; checked before writing", base.protocol)
+        return honoured
+
+
+def modified_or_none(result: Result[ObjectInfo]) -> datetime | None:
+    """The last-modified time a stat_many answer gives; None if unknown, missing or unreadable."""
+    return None if isinstance(result, StatectlError) or not result.exists else result.modified
+
+
+def _value(result: Result[T]) -> T:
+    """The value of a batch of one, or its error raised."""
+    if isinstance(result, StatectlError):
+        raise result
+    return result
+
+
+def _write_local(url: ObjectURL, payload: bytes, if_absent: bool) -> Result[None]:
+    # Killed mid-write, a file written in place is a truncated object a re-run takes for a worker's
+    # write in flight: write beside it and rename over it (atomic), or link it (refuses to replace).
+    temporary = f"{url.path}.statectl-{os.getpid()}-{threading.get_ident()}.tmp"
+    try:
+        os.makedirs(url.path.rsplit("/", 1)[0], exist_ok=True)
+        with open(temporary, "wb") as f:
+            f.write(payload)
+        if if_absent:
+            try:
+                os.link(temporary, url.path)
+            except FileExistsError:
+                return _exists_error(url)
+            finally:
+                os.unlink(temporary)
+        else:
+            os.replace(temporary, url.path)
+        with open(url.path, "rb") as f:
+            written = f.read()
+    except Exception as e:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        return _unreachable(url, e)
+    return None if written == payload else _not_as_written(url)
+
+
+def _write_sync(fs: Any, url: ObjectURL, payload: bytes, if_absent: bool) -> Result[None]:
+    """Another synchronous filesystem: create-if-absent is checked first (not atomic)."""
+    try:
+        if if_absent and fs.exists(url.path):
+            return _exists_error(url)
+        fs.pipe_file(url.path, payload)
+        written = fs.cat_file(url.path)
+    except Exception as e:
+        return _unreachable(url, e)
+    return None if written == payload else _not_as_written(url)
+
+
+def _delete_at(fs: Any, urls: Sequence[ObjectURL], index: int) -> Result[None]:
+    return _delete_one(fs, urls[index])
+
+
+def _delete_one(fs: Any, url: ObjectURL) -> Result[None]:
+    try:
+        fs.rm_file(url.path)
+    except FileNotFoundError:
+        return None
+    except Exception as e:
+        return _not_deleted(e)
+    return None
+
+
+def _not_deleted(e: Exception) -> UnreachableError:
+    return UnreachableError(f"{type(e).__name__}: {e}")
+
+
+def _not_as_written(url: ObjectURL) -> DataError:
+    return DataError(f"object {url} did not read back as written; the row was not changed")
+
+
+async def _exists(fs: Any, path: str) -> bool:
+    try:
+        await fs._info(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _cat_kwargs(fs: Any) -> dict[str, Any]:
+    """s3fs sizes an object with a HEAD before a GET unless told to fetch it in one piece."""
+    try:
+        params = inspect.signature(fs._cat_file).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"max_concurrency": 1} if "max_concurrency" in params else {}
+
+
+# -- the bytes codec ---------------------------------------------------------------------
+
+
+class _Sink(io.BytesIO):
+    """A buffer the codec cannot close. Like a remote upload stream it cannot seek (zipfile then
+    writes data descriptors, exactly as on fsspec's upload files); like a local file it can."""
+
+    def __init__(self, seekable: bool) -> None:
+        super().__init__()
+        self._seekable = seekable
+
+    def close(self) -> None:
+        pass
+
+    def seekable(self) -> bool:
+        return self._seekable
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if not self._seekable:
+            raise OSError(errno.ESPIPE, "Seek only available in read mode")
+        return super().seek(offset, whence)
+
+
+def encode_object(
+    url: ObjectURL, text: str, compression: str | None, *, local: bool = False, verify: bool = True
+) -> bytes:
+    """The bytes the provider writes for ``text`` at ``url`` (same codec callback and mode as
+    fs.open(compression=...)), checked to decode back to the text the way a worker reads them
+    (``verify``; DataError otherwise).
+
+    ``local``: as on a local file, which can seek and whose name gzip records in its header."""
+    data = text.encode("utf-8")
+    if compression:
+        from fsspec.compression import compr
+
+        sink = _Sink(seekable=local)
+        named = {"filename": url.path} if local and compression == "gzip" else {}
+        with compr[compression](sink, mode="w", **named) as f:
+            f.write(data)
+        data = sink.getvalue()
+    if verify and _decoded(url, data) != text:
+        raise DataError(f"object {url} does not decode back to its value with {compression}; nothing written")
+    return data
+
+
+def _decoded_as(url: ObjectURL, data: bytes, text: str) -> Result[None]:
+    """None when the bytes read back decode to the text, else the error."""
+    decoded = _decoded(url, data)
+    if isinstance(decoded, StatectlError):
+        return decoded
+    return None if decoded == text else _not_as_written(url)
+
+
+def decode_object(url: ObjectURL, data: bytes) -> str:
+    """What a worker reads from these bytes: compression inferred from the suffix, UTF-8."""
+    return _value(_decoded(url, data))
+
+
+def _decoded(url: ObjectURL, data: bytes) -> Result[str]:
+    from fsspec.utils import infer_compression
+
+    compression = infer_compression(url.path)
+    if compression:
+        from fsspec.compression import compr
+
+        try:
+            with compr[compression](io.BytesIO(data), mode="rb") as f:
+                data = f.read()
+        except Exception as e:
+            return DataError(f"object {url} does not decompress: {type(e).__name__}: {e}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return DataError(f"object {url} is not UTF-8 text (wrong compression suffix?)")
+
+
+def _same_bytes(info: dict[str, Any], payload: bytes) -> bool | None:
+    """Whether the stored object is these bytes, by size and checksum; None if no checksum."""
+    if info.get("size") is not None and int(info["size"]) != len(payload):
+        return False
+    etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+    if len(etag) == 32 and all(c in "0123456789abcdefABCDEF" for c in etag):  # single-part S3 upload: MD5
+        return etag.lower() == hashlib.md5(payload, usedforsecurity=False).hexdigest()
+    md5_b64 = info.get("md5Hash")  # GCS
+    if isinstance(md5_b64, str) and md5_b64:
+        return base64.b64decode(md5_b64) == hashlib.md5(payload, usedforsecurity=False).digest()
+    return None
