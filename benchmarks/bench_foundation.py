@@ -151,7 +151,7 @@ def in_process_first_row(env: dict[str, str]) -> float:
     """First row from the core library once imported (the query's own latency)."""
     code = (
         "import time; from statectl.core.config import Config; from statectl.stores.store import StateStore; "
-        "from statectl.core.filters import RowFilter; from statectl.ops.values import list_entries; "
+        "from statectl.core.filters import RowFilter; from statectl.ops.read import list_entries; "
         "s = StateStore(Config()); s.metastore.check_schema(); t = time.perf_counter(); "
         "next(iter(list_entries(s, RowFilter(assets=False)))); print(time.perf_counter() - t)"
     )

@@ -274,7 +274,7 @@ def core_store(env: dict[str, str]) -> Any:
 
 
 def core_put(env: dict[str, str], scope: Any, key: str, value: Any, **kwargs: Any) -> Any:
-    from statectl.ops.values import put_value
+    from statectl.ops.write import put_value
 
     store = core_store(env)
     try:

@@ -17,7 +17,7 @@ import pytest
 
 from statectl.core.scopes import AssetScope, TaskScope
 from statectl.errors import ExitCode
-from statectl.ops.values import RemovalOptions, execute_removal, plan_removal, put_value
+from statectl.ops.write import RemovalOptions, execute_removal, plan_removal, put_value
 from tests.cli_support import (
     ASSET,
     ASSET_URI,
@@ -312,7 +312,7 @@ def test_conditional_delete_keeps_a_row_rewritten_meanwhile(listed) -> None:
 
 def test_conditional_delete_exit_code_8_through_the_entry_point(listed, monkeypatch, capsys) -> None:
     """The CLI path: a row rewritten between plan and execute gives exit 8 and a warning."""
-    import statectl.ops.values
+    import statectl.ops.write
     from statectl.cli import main
 
     seeded, env, run_id = listed
@@ -320,14 +320,14 @@ def test_conditional_delete_exit_code_8_through_the_entry_point(listed, monkeypa
         monkeypatch.delenv(name)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    real_execute = statectl.ops.values.execute_removal
+    real_execute = statectl.ops.write.execute_removal
 
     def racing_execute(store, plan, progress=None):
         with sqlite3.connect(seeded.db_path) as other:
             other.execute("UPDATE task_state_store SET value = '{\"rewritten\": 1}' WHERE \"key\" = 'job_a'")
         return real_execute(store, plan, progress)
 
-    monkeypatch.setattr(statectl.ops.values, "execute_removal", racing_execute)
+    monkeypatch.setattr(statectl.ops.write, "execute_removal", racing_execute)
     monkeypatch.setattr("sys.argv", ["statectl", "rm", "job_a", "job_b", *task_flags(run_id), "-o", "json"])
     with pytest.raises(SystemExit) as exit_info:
         main.run()

@@ -24,7 +24,7 @@ from statectl.core.codec import Location
 from statectl.core.config import Config
 from statectl.core.scopes import AssetScope, TaskScope
 from statectl.errors import ConfigError, DataError, UsageError
-from statectl.ops.values import put_value
+from statectl.ops.write import put_value
 from statectl.stores.bucket import Buckets
 from statectl.stores.store import StateStore
 from tests.parity_support import (

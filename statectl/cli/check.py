@@ -10,7 +10,6 @@ import typer
 from statectl.cli import options as opt
 from statectl.cli.app import open_store
 from statectl.cli.render import Output, ProgressDisplay, default_output, err, render_report, write_records
-from statectl.core.filters import filter_from_flags
 from statectl.core.scopes import ScopeFlags, task_label
 
 app = typer.Typer()
@@ -53,6 +52,7 @@ def check_cli(
 ) -> int:
     """Scan the metastore and the bucket; exit 12 when problems are found (-o json for monitoring)."""
     from statectl.core.durations import parse_duration
+    from statectl.core.filters import filter_from_flags
     from statectl.ops.check import CheckOptions, run_check
 
     flt = filter_from_flags(ScopeFlags(dag, run, task, map_index, asset, asset_uri), assets=assets, tasks=tasks)

@@ -10,7 +10,6 @@ import typer
 from statectl.cli import options as opt
 from statectl.cli.app import open_store
 from statectl.cli.render import Output, ProgressDisplay, default_output, dumps, err, warn, write_records
-from statectl.core.filters import filter_from_flags
 from statectl.core.scopes import ScopeFlags
 
 if TYPE_CHECKING:
@@ -134,6 +133,7 @@ def to_bucket_cli(
     output: opt.OutputOpt = None,
 ) -> int:
     """Rewrite rows as a worker with the object storage backend would: objects at or above the threshold."""
+    from statectl.core.filters import filter_from_flags
     from statectl.ops.migrate import Direction, MigrationOptions
 
     flt = filter_from_flags(ScopeFlags(dag, run, task, map_index, asset, asset_uri), assets=assets, tasks=tasks)
@@ -162,6 +162,7 @@ def to_metastore_cli(
     output: opt.OutputOpt = None,
 ) -> int:
     """Put every value back in its row as plain JSON, then delete the objects it referenced."""
+    from statectl.core.filters import filter_from_flags
     from statectl.ops.migrate import Direction, MigrationOptions
 
     flt = filter_from_flags(ScopeFlags(dag, run, task, map_index, asset, asset_uri), assets=assets, tasks=tasks)
@@ -191,6 +192,7 @@ def relocate_cli(
     output: opt.OutputOpt = None,
 ) -> int:
     """Move the objects of the selected rows to a new base path and/or compression."""
+    from statectl.core.filters import filter_from_flags
     from statectl.ops.migrate import Direction, MigrationOptions
 
     if compression is not None and compression.lower() in ("", "none"):

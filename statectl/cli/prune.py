@@ -10,7 +10,6 @@ import typer
 from statectl.cli import options as opt
 from statectl.cli.app import open_store
 from statectl.cli.render import Output, ProgressDisplay, default_output, dumps, err, warn, write_records
-from statectl.core.filters import filter_from_flags
 from statectl.core.scopes import ScopeFlags
 
 if TYPE_CHECKING:
@@ -65,6 +64,7 @@ def prune_cli(
 ) -> int:
     """Remove expired task rows and their objects, then orphan objects older than --grace."""
     from statectl.core.durations import parse_duration
+    from statectl.core.filters import filter_from_flags
     from statectl.ops.prune import PruneOptions, run_prune
 
     flt = filter_from_flags(ScopeFlags(dag, run, task, map_index, asset, asset_uri))

@@ -21,13 +21,11 @@ from statectl.cli.render import (
     write_records,
     write_value,
 )
-from statectl.core.durations import iso
-from statectl.core.filters import filter_from_flags
 from statectl.core.scopes import ScopeFlags, TaskScope, task_label
 from statectl.errors import UsageError
 
 if TYPE_CHECKING:
-    from statectl.ops.values import RemovalOptions
+    from statectl.ops.write import RemovalOptions
     from statectl.stores.store import StateStore
 
 app = typer.Typer()
@@ -53,7 +51,8 @@ def get_cli(
 
     With -o json the output is exactly the value's JSON document.
     """
-    from statectl.ops.values import get_from_bucket, get_value
+    from statectl.core.durations import iso
+    from statectl.ops.read import get_from_bucket, get_value
 
     if raw and from_bucket:
         raise UsageError("--raw and --from-bucket cannot be combined")
@@ -124,7 +123,7 @@ def put_cli(
     """Write a value exactly as a worker with the configured backend would: object first, then the row."""
     from statectl.core.codec import parse_value
     from statectl.core.durations import parse_duration
-    from statectl.ops.values import Expiry, put_value
+    from statectl.ops.write import Expiry, put_value
 
     scope = ScopeFlags(dag, run, task, map_index, asset, asset_uri).scope()
     if ttl is not None and never_expire:
@@ -174,7 +173,9 @@ def ls_cli(
     output: opt.OutputOpt = None,
 ) -> None:
     """List state rows with where each value lives, streaming (flat memory at any size)."""
-    from statectl.ops.values import list_entries
+    from statectl.core.durations import iso
+    from statectl.core.filters import filter_from_flags
+    from statectl.ops.read import list_entries
 
     flt = filter_from_flags(
         ScopeFlags(dag, run, task, map_index, asset, asset_uri), assets=assets, tasks=tasks, expired=expired
@@ -223,7 +224,7 @@ def _table_rows(records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 
 
 def _removal_cli(ctx: typer.Context, options: RemovalOptions, dry_run: bool, fmt: Output) -> int:
-    from statectl.ops.values import run_removal
+    from statectl.ops.write import run_removal
 
     with open_store(ctx) as store:
         report = run_removal(store, options, dry_run=dry_run)
@@ -261,7 +262,7 @@ def rm_cli(
     output: opt.OutputOpt = None,
 ) -> int:
     """Remove keys: each row first, then its object (only objects under the base path)."""
-    from statectl.ops.values import RemovalOptions
+    from statectl.ops.write import RemovalOptions
 
     scope = ScopeFlags(dag, run, task, map_index, asset, asset_uri).scope()
     options = RemovalOptions(scope, keys=tuple(keys), missing_ok=missing_ok)
@@ -284,7 +285,7 @@ def clear_cli(
     output: opt.OutputOpt = None,
 ) -> int:
     """Remove every key of a scope: rows first, then their objects."""
-    from statectl.ops.values import RemovalOptions
+    from statectl.ops.write import RemovalOptions
 
     scope = ScopeFlags(dag, run, task, map_index, asset, asset_uri).scope()
     if all_map_indices and (scope.kind != "task" or map_index is not None):

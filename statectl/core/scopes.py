@@ -99,7 +99,7 @@ class AssetScope:
 Scope = TaskScope | AssetScope
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)  # neither compared nor hashed; every command's start defines it: the cheapest dataclass
 class ScopeFlags:
     """The addressing flags as given (None: not given): --dag --run --task --map-index, or --asset / --asset-uri.
 

@@ -28,13 +28,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from typing import Any, TypeVar, Union
+from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 from statectl.core.config import DEFAULT_CONCURRENCY
 from statectl.core.layout import ObjectURL, reserved_url
 from statectl.errors import DataError, StatectlError, UnreachableError
-from statectl.stores import listing
-from statectl.stores.listing import ListedObject, modified_from_info
+
+if TYPE_CHECKING:
+    from statectl.stores.listing import ListedObject
 
 MULTIPART_FROM = 100 * 2**20  # s3fs uploads at least twice its 50 MiB chunk size in parts
 DELETE_BATCH = 1000  # S3 deletes up to 1000 keys per request
@@ -45,7 +46,7 @@ Result = Union[T, StatectlError]  # noqa: UP007 - a generic alias needs Union at
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Buckets", "ListedObject", "ObjectExists", "ObjectInfo", "ObjectMissing", "Result"]
+__all__ = ["Buckets", "ObjectExists", "ObjectInfo", "ObjectMissing", "Result"]
 
 
 class ObjectMissing(DataError):
@@ -148,6 +149,8 @@ class Buckets:
     def iter_listing(self, url: ObjectURL, prefix: str = "") -> Iterator[ListedObject]:
         """Every object below ``url`` whose path relative to it starts with ``prefix``, streamed in
         plain str order of the path (see :mod:`statectl.stores.listing`)."""
+        from statectl.stores import listing  # only scans list: simple commands do without it
+
         try:
             yield from listing.iter_listing(url, prefix, self.fs)
         except StatectlError:
@@ -205,6 +208,8 @@ class Buckets:
                     if isinstance(outcome, Exception):
                         raise _unreachable(urls[index], outcome) from None
                     raise outcome
+            elif len(indices) == 1:
+                outcomes = [sync_one(indices[0])]  # one object: no thread pool to start and join
             else:
                 outcomes = list(self.map(sync_one, indices))
             for index, outcome in zip(indices, outcomes, strict=True):
@@ -244,6 +249,8 @@ class Buckets:
 
     def stat_many(self, urls: Sequence[ObjectURL]) -> list[Result[ObjectInfo]]:
         """Existence, size and last-modified time per object, concurrently (one request each)."""
+
+        from statectl.stores.listing import modified_from_info
 
         def info(url: ObjectURL, answer: dict[str, Any]) -> ObjectInfo:
             return ObjectInfo(url, answer.get("size"), True, modified_from_info(answer))

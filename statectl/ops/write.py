@@ -1,27 +1,25 @@
-"""Values one key at a time: get, put, ls, and removal of keys (rm) or of a whole scope (clear).
-
-Reads follow the worker's path: row -> ref -> inline JSON or object -> value. Writes follow the
-worker's order: the object is written and verified before the row points to it. Removal goes row
-first (only if it still holds the value read), then its object, and only under the base path.
-"""
+"""Writing values as a worker writes them: put one (the object written and verified before the row points
+to it), and remove keys (rm) or a whole scope (clear): the row first, only if it still holds the value
+read, then its object, and only under the base path."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from fnmatch import fnmatchcase
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from statectl.core import codec
-from statectl.core.codec import Location, StoredValue
-from statectl.core.filters import RowFilter, utcnow
+from statectl.core.codec import Location
+from statectl.core.filters import utcnow
 from statectl.core.layout import ObjectURL
 from statectl.core.scopes import Scope, TaskScope, check_key
 from statectl.errors import ExitCode, NotFoundError, TooLargeError, UsageError
-from statectl.ops.report import NOT_CONFIRMED, Confirm, Progress
+from statectl.ops.report import NOT_CONFIRMED
 from statectl.stores.metastore import StateRow
 from statectl.stores.store import StateStore
+
+if TYPE_CHECKING:
+    from statectl.ops.report import Confirm, Progress
 
 
 @dataclass(frozen=True)
@@ -37,43 +35,6 @@ class Expiry:
         if self.ttl is not None:
             return now + self.ttl
         return None if default_days == 0 else now + timedelta(days=default_days)
-
-
-# -- get ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ReadResult:
-    scope: Scope
-    key: str
-    value: Any
-    stored: StoredValue | None  # None when read straight from the bucket
-    row: StateRow | None
-    url: ObjectURL | None = None
-
-
-def get_value(store: StateStore, scope: Scope, key: str, *, raw: bool = False) -> ReadResult:
-    """The value a worker reads for (scope, key); ``raw``: the row's text, undecoded."""
-    check_key(key)
-    scope = store.resolve(scope)
-    row = store.metastore.get_row(scope, key)
-    if row is None:
-        if isinstance(scope, TaskScope):
-            store.metastore.require_task_instance(scope)  # say which part of the scope is unknown
-        raise NotFoundError(f"no key {key!r} in {scope}")
-    stored = codec.classify(row.value)
-    if raw:
-        return ReadResult(scope, key, None, stored, row)
-    value, url = store.decode(stored)
-    return ReadResult(scope, key, value, stored, row, url)
-
-
-def get_from_bucket(store: StateStore, scope: Scope, key: str) -> ReadResult:
-    """Read the object at the provider's path, without the metastore."""
-    check_key(key)
-    url = store.object_url_for(scope, key)
-    text = store.buckets.read_text(url)
-    return ReadResult(scope, key, codec.decode_json(text, f"object {url}"), None, None, url)
 
 
 # -- put ---------------------------------------------------------------------------------
@@ -156,25 +117,6 @@ def put_value(
         expires_at,
         warnings,
     )
-
-
-# -- ls ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One listed row, classified."""
-
-    row: StateRow
-    stored: StoredValue
-
-
-def list_entries(store: StateStore, flt: RowFilter, key_glob: str | None = None) -> Iterator[Entry]:
-    """Rows in scope order, streamed with flat memory, each with where its value lives."""
-    for row in store.metastore.iter_rows(flt):
-        if key_glob is not None and not fnmatchcase(row.key, key_glob):
-            continue
-        yield Entry(row, codec.classify(row.value))
 
 
 # -- rm / clear ----------------------------------------------------------------------------
