@@ -12,6 +12,10 @@ Every run's output is checked: both print the same, expected value.
 Also: `python -X importtime -c "import statectl.cli.main"`, the cumulative import time of
 statectl.cli.main as a top-level import (statectl and statectl.cli are nested in it), median of a few runs.
 
+And, with valgrind installed, the instructions one `get` executes (callgrind, run twice per tree): a count
+that does not depend on what else the machine is doing, unlike wall time on a shared 2-core machine.
+Both trees' bytecode is compiled first, as an installed package's is.
+
 Usage: .venv/bin/python benchmarks/bench_cold_start.py [--base /tmp/base] [--runs 20] [--import-runs 7]
 """
 
@@ -136,6 +140,22 @@ def check_tree(tree: Tree, env: dict[str, str], cwd: Path) -> None:
         sys.exit(f"{tree.name}: PYTHONPATH={tree.path} imports {imported}")
 
 
+def instructions(tree: Tree, env: dict[str, str], cwd: Path, run_id: str) -> int:
+    """Instructions executed by one `statectl get` (valgrind's callgrind; all threads)."""
+    out = cwd / f"callgrind.{tree.name}"
+    proc = subprocess.run(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *get_command(run_id), "-o", "json"],
+        env=tree.env(env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    collected = [line for line in proc.stderr.splitlines() if "Collected :" in line]
+    assert len(collected) == 1, proc.stderr[-2000:]
+    return int(collected[0].rsplit(":", 1)[1])
+
+
 def stats(values: list[float]) -> tuple[float, float]:
     return statistics.median(values), min(values)
 
@@ -156,6 +176,7 @@ def main() -> None:
         env, run_id = setup_store(work)
         print(f"target: python {' '.join(get_command(run_id)[1:])} -o json", flush=True)
         for tree in (base, current):
+            subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree.path / "statectl")], check=True)
             check_tree(tree, env, work)
             _, value = run_get(tree, env, work, run_id)  # warm-up: page cache, .pyc files
             if value != EXPECTED:
@@ -170,6 +191,10 @@ def main() -> None:
         for i in range(args.import_runs):
             for tree in (base, current) if i % 2 == 0 else (current, base):
                 tree.import_us.append(import_time_us(tree, env, work))
+        counts: dict[str, list[int]] = {}
+        if shutil.which("valgrind"):
+            for tree in (base, current, base, current):
+                counts.setdefault(tree.name, []).append(instructions(tree, env, work, run_id))
 
     print(f"cold `statectl get` on SQLite + file:// ({args.runs} runs each, alternating; both printed the same value)")
     print(f"{'tree':8} {'median_s':>9} {'min_s':>7} {'import_ms':>10}  path")
@@ -180,6 +205,9 @@ def main() -> None:
     (bm, bl), (cm, cl) = stats(base.times), stats(current.times)
     bi, ci = statistics.median(base.import_us), statistics.median(current.import_us)
     print(f"ratio current/base: median {cm / bm:.3f}, min {cl / bl:.3f}, import statectl.cli.main {ci / bi:.3f}")
+    if counts:
+        b, c = min(counts["base"]), min(counts["current"])
+        print(f"instructions of one get (callgrind): base {b:,}, current {c:,}, ratio {c / b:.4f}")
 
 
 if __name__ == "__main__":
