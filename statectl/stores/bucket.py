@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 from statectl.core.config import DEFAULT_CONCURRENCY
 from statectl.core.layout import ObjectURL, reserved_url
-from statectl.errors import DataError, StatectlError, UnreachableError
+from statectl.errors import ConfigError, DataError, StatectlError, UnreachableError
+from statectl.stores import schemes
 
 if TYPE_CHECKING:
     from statectl.stores.listing import ListedObject
@@ -97,21 +98,27 @@ class Buckets:
             from fsspec.implementations.local import LocalFileSystem
 
             return LocalFileSystem()
+        scheme = schemes.require_provider(url.protocol)  # a missing provider is a configuration error
         try:
             from airflow.sdk.io.store import attach
         except ImportError as e:  # pragma: no cover - Airflow is a dependency
             raise UnreachableError(f"cannot build a filesystem for {url.protocol}://: {e}") from None
+        if url.conn_id and scheme is not None:
+            _check_connection(url)
         try:
             return attach(url.protocol, url.conn_id).fs
         except ValueError as e:
             if "No filesystem registered" not in str(e) or url.conn_id:
                 raise _unreachable(url, e) from None
             # No Airflow provider registers this scheme: workers cannot use it either, but
-            # fsspec's own filesystem (honouring e.g. STORAGE_EMULATOR_HOST) can still read it.
+            # fsspec's own filesystem can still read it.
             import fsspec
 
             log.warning("no Airflow provider registers %s://; used fsspec directly", url.protocol)
             return fsspec.filesystem(url.protocol)
+        except ImportError as e:
+            hint = f": {scheme.install_hint()}" if scheme is not None else ""
+            raise ConfigError(f"{url.protocol}:// cannot be used, {e.name or e} is not importable{hint}") from None
         except StatectlError:
             raise
         except Exception as e:
@@ -396,6 +403,23 @@ class Buckets:
 def modified_or_none(result: Result[ObjectInfo]) -> datetime | None:
     """The last-modified time a stat_many answer gives; None if unknown, missing or unreadable."""
     return None if isinstance(result, StatectlError) or not result.exists else result.modified
+
+
+def _check_connection(url: ObjectURL) -> None:
+    """The base path's connection exists and is of a type the scheme's filesystem reads."""
+    from airflow.sdk import Connection
+
+    assert url.conn_id is not None
+    try:
+        conn = Connection.get(url.conn_id)
+    except Exception as e:
+        if type(e).__name__ != "AirflowNotFoundException":
+            raise _unreachable(url, e) from None
+        raise ConfigError(
+            f"connection {url.conn_id!r} (from {url.protocol}://{url.conn_id}@...) is not defined here: set "
+            f"{schemes.connection_env_var(url.conn_id)}, or add it to the metadata DB or a secrets backend"
+        ) from None
+    schemes.require_connection_type(url.protocol, url.conn_id, conn.conn_type)
 
 
 def _value(result: Result[T]) -> T:
