@@ -22,6 +22,7 @@ from statectl.core.config import DEFAULT_CONCURRENCY, OBJECT_STORAGE_BACKEND, SE
 from statectl.core.filters import RowFilter
 from statectl.core.layout import ObjectURL
 from statectl.errors import ConfigError, ExitCode, StatectlError
+from statectl.stores import schemes
 from statectl.stores.store import StateStore
 
 METASTORE_SERVER_BACKEND = SERVER_BACKEND.default
@@ -34,9 +35,11 @@ DISTRIBUTIONS = (
     "apache-airflow-providers-common-io",
     "apache-airflow-providers-amazon",
     "apache-airflow-providers-google",
+    "apache-airflow-providers-microsoft-azure",
     "fsspec",
     "s3fs",
     "gcsfs",
+    "adlfs",
 )
 MIN_AIRFLOW_CORE = (3, 3)
 MIN_PROVIDER = (1, 8)  # the first common-io release with StateStoreObjectStorageBackend
@@ -99,6 +102,7 @@ class Context:
             self.secrets.add(password)
         self.bucket_ok = False
         self.connection_missing = False
+        self.provider_missing = False
 
     @cached_property
     def base(self) -> ObjectURL | None:
@@ -160,9 +164,10 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
 
 
-def installed_versions() -> dict[str, str | None]:
+def installed_versions(*names: str) -> dict[str, str | None]:
+    """Versions of these distributions (default: the ones that matter here), None if not installed."""
     versions: dict[str, str | None] = {}
-    for name in DISTRIBUTIONS:
+    for name in names or DISTRIBUTIONS:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -362,6 +367,26 @@ def check_threshold(ctx: Context) -> Verdict | None:
 # --------------------------------------------------------------------------- connection and bucket
 
 
+@check("provider", "install the Airflow provider of the base path's scheme here and on every worker")
+def check_provider(ctx: Context) -> Verdict | None:
+    base = ctx.base
+    if base is None or base.is_local:
+        return ok("no provider needed" + (f" for {base.protocol}://" if base else ""))
+    scheme = schemes.scheme_for(base.protocol)
+    if scheme is None:
+        return warn(
+            f"{base.protocol}:// is not a scheme statectl knows the Airflow provider of",
+            "use s3://, gs:// or abfs:// (statectl resolves them as workers do), or check the scheme",
+        )
+    try:
+        schemes.require_provider(base.protocol)
+    except ConfigError as e:
+        ctx.provider_missing = True
+        return fail(f"{e.message}; workers without it fail on every offloaded value", scheme.install_hint())
+    version = installed_versions(scheme.provider).get(scheme.provider)
+    return ok(f"{base.protocol}:// through {scheme.provider} {version}")
+
+
 @check("connection", "define the connection (AIRFLOW_CONN_<ID>, a secrets backend or `airflow connections add`)")
 def check_connection(ctx: Context) -> Verdict | None:
     base = ctx.base
@@ -386,6 +411,11 @@ def check_connection(ctx: Context) -> Verdict | None:
     for secret in (conn.password, *_extra_secrets(conn)):
         if secret:
             ctx.secrets.add(str(secret))
+    try:
+        schemes.require_connection_type(base.protocol, base.conn_id, conn.conn_type)
+    except ConfigError as e:
+        ctx.connection_missing = True  # another store's credentials: nothing to probe with
+        return fail(e.message, f"point the base path at a connection of the right type, or fix {env_var}")
     return ok(f"connection {base.conn_id!r} found (type {conn.conn_type})")
 
 
@@ -394,7 +424,13 @@ def _extra_secrets(conn: Any) -> list[str]:
         extra = conn.extra_dejson
     except Exception:
         return []
-    return [str(v) for k, v in extra.items() if re.search(r"secret|password|token|key", k, re.I) and v]
+    found = [
+        str(v) for k, v in extra.items() if re.search(r"secret|password|token|key|connection_string|sas", k, re.I) and v
+    ]
+    # An Azure connection string carries the account key (and maybe a SAS token) inside it.
+    for value in found[:]:
+        found.extend(re.findall(r"(?:AccountKey|SharedAccessSignature)=([^;]+)", value))
+    return found
 
 
 @check("bucket", "make the base path reachable and writable for statectl and the workers")
@@ -402,6 +438,8 @@ def check_bucket(ctx: Context) -> Verdict | None:
     base = ctx.base
     if base is None:
         return ok("no bucket configured")
+    if ctx.provider_missing:
+        return warn(f"{base} not probed: its provider is not installed", "see provider")
     if ctx.connection_missing:
         # Without it the filesystem falls back to default credentials and endpoint: another store.
         return warn(f"{base} not probed: its connection was not found", "see connection")
