@@ -371,6 +371,7 @@ def start_gcs_emulator() -> tuple[Any, str]:
     port = free_port()
     server = create_server("127.0.0.1", port, in_memory=True)
     server.start()
+    widen_gcs_emulator_backlog(server)
     return server, f"http://127.0.0.1:{port}"
 
 
@@ -580,3 +581,89 @@ def worker_bucket_copy(seed: WorkerBucketSeed, tmp_path: Path) -> AirflowEnv:
     shutil.copytree(seed.pristine, seed.bucket)
     conn = f"sqlite:///{db}"
     return AirflowEnv(home, db, conn, seed.bucket, airflow_base_env(home, conn))
+
+
+# --------------------------------------------------------------------------- GCS through an Airflow connection
+
+GCS_CONN_ID = "statectl_gcs"
+GCS_UPDATED_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # how gcp-storage-emulator stamps an object's `updated`
+
+
+def gcs_conn_env(endpoint_url: str, conn_id: str = GCS_CONN_ID, project: str = "test") -> dict[str, str]:
+    """AIRFLOW_CONN_<ID> for a google_cloud_platform connection to the emulator, as a worker would have it:
+    anonymous credentials and the endpoint in the extras (apache-airflow-providers-google's fs/gcs.py
+    `get_fs` reads `gcs.endpoint`), so gs://<conn_id>@bucket/... reaches it without STORAGE_EMULATOR_HOST."""
+    conn = {
+        "conn_type": "google_cloud_platform",
+        "extra": {"is_anonymous": True, "gcs.endpoint": endpoint_url, "project": project},
+    }
+    return {f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(conn), "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+
+
+def gcs_conn_url(bucket: GcsBucket, path: str = "", conn_id: str = GCS_CONN_ID) -> str:
+    """gs://<conn_id>@<bucket>/<path>: an object storage base path that resolves through the connection."""
+    return f"gs://{conn_id}@{bucket.bucket}/{path.lstrip('/')}"
+
+
+def gcs_objects(bucket: GcsBucket, prefix: str = "") -> dict[str, bytes]:
+    """Every object in the bucket (name -> bytes) whose name starts with prefix, read with plain gcsfs
+    (a fresh, uncached filesystem: independent of Airflow and statectl)."""
+    fs = bucket.fs()
+    root = f"{bucket.bucket}/"
+    names = [p.removeprefix(root) for p in fs.find(bucket.bucket)]
+    wanted = sorted(n for n in names if n.startswith(prefix))
+    return {n: fs.cat_file(root + n) for n in wanted}
+
+
+def gcs_replace_objects(bucket: GcsBucket, objects: Mapping[str, bytes]) -> None:
+    """Make the bucket hold exactly these objects (name -> bytes)."""
+    fs = bucket.fs()
+    root = f"{bucket.bucket}/"
+    existing = fs.find(bucket.bucket)
+    if existing:
+        fs.rm(existing)
+    if objects:
+        fs.pipe({root + name: data for name, data in objects.items()})
+
+
+def gcs_backdate(server: Any, bucket: GcsBucket, name: str, age_seconds: float) -> None:
+    """Set an object's last-modified time (`updated`, also `timeCreated`) `age_seconds` in the past.
+
+    GCS has no API for that (a real object only ages); the in-memory emulator keeps its object
+    resources in a dict, so the test reaches into the server it started in this process. Listings and
+    info() then report the older time, as they would for an object written that long ago."""
+    from datetime import UTC, datetime, timedelta
+
+    resource = server._storage.objects[bucket.bucket][name]
+    stamp = (datetime.now(tz=UTC) - timedelta(seconds=age_seconds)).strftime(GCS_UPDATED_FORMAT)
+    resource["updated"] = resource["timeCreated"] = stamp
+
+
+def gcs_wait_for_object(bucket: GcsBucket, name: str, timeout: float = 30) -> bytes:
+    """The object's bytes once it exists (AssertionError after timeout seconds).
+
+    With a compression, the common-io provider writes through fs.open(..., compression=...): closing the
+    codec does not close the gcsfs file beneath it, so the upload happens when that file is garbage
+    collected, and gcsfs >= 2026.10 runs that close on its "gcsfs-deferred-close" thread, after the
+    provider has returned the ref (or never, if the process exits first)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        found = gcs_objects(bucket, name)
+        if name in found:
+            return found[name]
+        assert time.monotonic() < deadline, f"gs://{bucket.bucket}/{name} did not appear within {timeout} s"
+        time.sleep(0.05)
+
+
+def widen_gcs_emulator_backlog(server: Any, backlog: int = 128) -> None:
+    """Let the emulator accept as many concurrent connections as gcsfs and statectl open (16 in flight).
+
+    gcp-storage-emulator serves from one single-threaded http.server.HTTPServer, whose listen backlog is
+    5: a sixth concurrent connect is dropped and retried by TCP after a second, so a concurrent batch
+    (fs.pipe of a dict, statectl's migrate/prune/check --deep) stalls for seconds against it, an artefact
+    no real store has. Linux lets a listening socket be listen()ed again with a larger backlog."""
+    if not server._api.is_running.wait(10):
+        raise RuntimeError("the GCS emulator did not start")
+    server._api._httpd.socket.listen(backlog)

@@ -215,6 +215,10 @@ def plan_removal(store: StateStore, options: RemovalOptions) -> RemovalPlan:
 def execute_removal(store: StateStore, plan: RemovalPlan, progress: Progress | None = None) -> RemovalReport:
     """Remove exactly the planned rows that still hold the value read, then their objects."""
     report = RemovalReport(plan, dry_run=False)
+    # Every object's store usable (provider, connection) before a row goes: else the objects of rows
+    # already deleted would be orphans. Building a filesystem sends no request.
+    for url in {(u.protocol, u.conn_id): u for u in plan.objects.values()}.values():
+        store.buckets.fs(url)
     deleted = store.metastore.delete_many_if_unchanged(plan.rows)
     deleted_ids = {id(r) for r in deleted}
     report.rows_deleted = deleted
