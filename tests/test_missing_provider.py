@@ -98,3 +98,13 @@ def test_every_command_names_the_package_and_the_extra(
     assert findings["provider"]["status"] == "fail" and package in findings["provider"]["detail"]
     assert f"statectl[{extra}]" in findings["provider"]["fix"]
     assert findings["bucket"]["status"] == "warn" and "not probed" in findings["bucket"]["detail"]
+
+
+def test_a_worker_without_the_provider_fails_the_same_way(core_venv: Path) -> None:
+    """What statectl refuses, a worker cannot do either: Airflow's object storage has no gs:// filesystem."""
+    code = (
+        "from airflow.sdk.io.store import attach\n"
+        "try:\n    attach('gs', 'gcp_conn')\nexcept ValueError as e:\n    print(e)\n"
+    )
+    out = subprocess.run([core_venv, "-c", code], capture_output=True, text=True, check=True, timeout=120).stdout
+    assert "No filesystem registered" in out and "gs" in out, out

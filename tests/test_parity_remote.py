@@ -139,24 +139,6 @@ def test_s3_inline_below_threshold_writes_nothing(s3_bucket: S3Bucket, tmp_path:
 # -- GCS -----------------------------------------------------------------------------------------
 
 
-def test_provider_cannot_use_gs_without_the_google_provider(gcs_bucket: GcsBucket) -> None:
-    pytest.importorskip("airflow.providers.common.io.state_store.backend")
-    try:
-        import airflow.providers.google  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("apache-airflow-providers-google is installed; the provider could use gs:// here")
-    provider = provider_module()
-    with (
-        provider_configured(gcs_bucket.url("state"), extra_env=gcs_bucket.env),
-        pytest.raises(ValueError, match="No filesystem registered"),
-    ):
-        provider.StateStoreObjectStorageBackend().serialize_task_state_store_to_ref(
-            value=VALUE, key=KEY, scope=_sdk_scopes("task")[0]
-        )
-
-
 @pytest.mark.parametrize("compression", COMPRESSIONS)
 def test_gcs_object_bytes_match_provider_output(
     gcs_bucket: GcsBucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compression: str | None

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 MULTIPART_FROM = 100 * 2**20  # s3fs uploads at least twice its 50 MiB chunk size in parts
 DELETE_BATCH = 1000  # S3 deletes up to 1000 keys per request
+AZURE_BLOCKS_FROM = 64 * 2**20 + 1  # azure-storage-blob uploads more than 64 MiB (max_single_put_size) in blocks
 T = TypeVar("T")
 R = TypeVar("R")
 # What a batch call did for one object: its value, or the error that object met.
@@ -276,7 +277,7 @@ class Buckets:
         async def stat_async(fs: Any, index: int) -> Result[ObjectInfo]:
             url = urls[index]
             try:
-                return info(url, await fs._info(url.path))
+                return info(url, await _fresh_info(fs, url.path))
             except FileNotFoundError:
                 return ObjectInfo(url, None, False)
             except Exception as e:
@@ -293,8 +294,9 @@ class Buckets:
         encoded here with the provider's codec (and checked to decode back to the text). Local
         files are written beside the target and renamed over it (a kill never leaves a truncated
         object), then read back and compared. Object stores get one PUT; the checksum the store
-        reports for it (S3 ETag in the PUT response, else a HEAD's ETag / GCS md5Hash) must be
-        that of the bytes sent; a store that reports no checksum is read back and compared.
+        reports for it (S3 ETag or Azure Content-MD5 in the PUT response, else a HEAD's ETag / GCS
+        md5Hash / Azure content_md5) must be that of the bytes sent; a store that reports no checksum
+        is read back and compared.
 
         ``if_absent``: write only where nothing is (ObjectExists otherwise), atomically. Pass it
         only where :meth:`honours_if_absent` is true (local files: always atomic).
@@ -323,18 +325,25 @@ class Buckets:
                 payload = await asyncio.to_thread(encode_object, url, text, compression)
             except DataError as e:
                 return e
-            # s3fs sends large objects in parts and drops the condition: check first (not atomic).
-            if if_absent and len(payload) >= MULTIPART_FROM and await _exists(fs, url.path):
+            conditional = _if_absent_kwargs(fs) if if_absent else {}
+            # s3fs sends large objects in parts and drops the condition, and a filesystem without a
+            # create-if-absent keyword has none to send: check first (not atomic).
+            checked_first = conditional is None or ("mode" in conditional and len(payload) >= MULTIPART_FROM)
+            if if_absent and checked_first and await _exists(fs, url.path):
                 return _exists_error(url)
             try:
                 # The store checks the bytes it received (botocore sends a CRC32 checksum) and answers
                 # with their checksum: when it does, that verifies the object without a HEAD.
-                response = await fs._pipe_file(url.path, payload, **({"mode": "create"} if if_absent else {}))
-            except FileExistsError:
-                return _exists_error(url)
+                response = await fs._pipe_file(url.path, payload, **(conditional or {}))
+            except Exception as e:
+                if _already_exists(e):
+                    return _exists_error(url)
+                raise
+            if _is_adlfs(fs) and len(payload) >= AZURE_BLOCKS_FROM:
+                response = None  # a block upload answers with the Content-MD5 of its block list, not of the blob
             same = _same_bytes(response, payload) if isinstance(response, dict) else None
             if same is None:
-                same = _same_bytes(await fs._info(url.path), payload)
+                same = _same_bytes(await _fresh_info(fs, url.path), payload)
             if same is None:  # no checksum to compare: read it back
                 same = await fs._cat_file(url.path, **_cat_kwargs(fs)) == payload
             return None if same else _not_as_written(url)
@@ -353,6 +362,15 @@ class Buckets:
                 errors = self.map(partial(_delete_at, fs, urls), indices)
                 for index, error in zip(indices, errors, strict=True):
                     results[index] = error
+                continue
+            if _is_adlfs(fs):
+                # Azure deletes one blob a request: concurrently on adlfs's loop, each answering for itself
+                # (its rm() checks every path first, one after another, and answers for the whole batch).
+                outcomes = self._gather(fs, [partial(_delete_async, fs, urls[i]) for i in indices])
+                for index, outcome in zip(indices, outcomes, strict=True):
+                    if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+                        raise outcome
+                    results[index] = _not_deleted(outcome) if isinstance(outcome, Exception) else None
                 continue
             # Object stores batch deletes (S3 takes 1000 keys a request).
             for start in range(0, len(indices), DELETE_BATCH):
@@ -382,9 +400,7 @@ class Buckets:
     def _probe_if_absent(self, base: ObjectURL) -> bool:
         from uuid import uuid4
 
-        if not base.is_local and (
-            not self._is_async(base) or "mode" not in inspect.signature(self.fs(base)._pipe_file).parameters
-        ):
+        if not base.is_local and (not self._is_async(base) or _if_absent_kwargs(self.fs(base)) is None):
             return False
         probe = reserved_url(base, f"probe-{uuid4().hex}")
         try:
@@ -481,6 +497,11 @@ def _delete_one(fs: Any, url: ObjectURL) -> Result[None]:
     return None
 
 
+async def _delete_async(fs: Any, url: ObjectURL) -> None:
+    with contextlib.suppress(FileNotFoundError):  # a missing object counts as deleted
+        await fs._rm_file(url.path)
+
+
 def _not_deleted(e: Exception) -> UnreachableError:
     return UnreachableError(f"{type(e).__name__}: {e}")
 
@@ -491,10 +512,48 @@ def _not_as_written(url: ObjectURL) -> DataError:
 
 async def _exists(fs: Any, path: str) -> bool:
     try:
-        await fs._info(path)
+        await _fresh_info(fs, path)
     except FileNotFoundError:
         return False
     return True
+
+
+async def _fresh_info(fs: Any, path: str) -> dict[str, Any]:
+    """``fs._info(path)`` from the store. adlfs answers from its listing cache when it holds the parent's
+    listing (the filesystem is shared with everything in the process that used the connection): that may
+    be an object since deleted or rewritten, with another size and checksum."""
+    answer: dict[str, Any] = await (fs._info(path, refresh=True) if _is_adlfs(fs) else fs._info(path))
+    return answer
+
+
+def _if_absent_kwargs(fs: Any) -> dict[str, Any] | None:
+    """The keyword that makes this filesystem's ``_pipe_file`` a create-if-absent (conditional) PUT, or
+    None when it has none: s3fs and gcsfs take ``mode="create"``, adlfs ``overwrite=False`` (Azure's
+    If-None-Match: *). Whether the store behind it honours the condition is for the probe to find out."""
+    try:
+        params = inspect.signature(fs._pipe_file).parameters
+    except (TypeError, ValueError):
+        return None
+    if "mode" in params:
+        return {"mode": "create"}
+    if "overwrite" in params:
+        return {"overwrite": False}
+    return None
+
+
+def _is_adlfs(fs: Any) -> bool:
+    from statectl.stores.listing import is_adlfs
+
+    return is_adlfs(fs)
+
+
+def _already_exists(e: BaseException) -> bool:
+    """A conditional PUT refused because something is at the path: fsspec's FileExistsError, or Azure's
+    409 BlobAlreadyExists (ResourceExistsError) / 412 ConditionNotMet (the If-None-Match: * failed)."""
+    if isinstance(e, FileExistsError):
+        return True
+    code = str(getattr(e, "error_code", "") or "")
+    return type(e).__name__ == "ResourceExistsError" or code in ("BlobAlreadyExists", "ConditionNotMet")
 
 
 def _cat_kwargs(fs: Any) -> dict[str, Any]:
@@ -592,4 +651,10 @@ def _same_bytes(info: dict[str, Any], payload: bytes) -> bool | None:
     md5_b64 = info.get("md5Hash")  # GCS
     if isinstance(md5_b64, str) and md5_b64:
         return base64.b64decode(md5_b64) == hashlib.md5(payload, usedforsecurity=False).digest()
+    # Azure: the MD5 the service computed over a single-request upload (Put Blob's Content-MD5 response
+    # header), or the blob's content_md5 property (adlfs info: content_settings); absent after a block upload.
+    settings: Any = info.get("content_settings")  # azure's ContentSettings: a mapping, not a dict
+    azure_md5 = info.get("content_md5") or (settings.get("content_md5") if hasattr(settings, "get") else None)
+    if isinstance(azure_md5, (bytes, bytearray)) and azure_md5:
+        return bytes(azure_md5) == hashlib.md5(payload, usedforsecurity=False).digest()
     return None

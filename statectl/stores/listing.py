@@ -6,6 +6,9 @@ listing with the rows' refs sorted the same way. One strategy per kind of store:
 - local files: a sorted walk that holds one directory's names per level;
 - S3 and GCS: the paginated listing, page by page (one request each, at most 1000 keys), with
   size and last-modified from the listing itself;
+- Azure Blob Storage (adlfs, ``abfs``/``abfss``/``adl``): the container's flat blob listing, page by
+  page (at most 5000 blobs each); on accounts with a hierarchical namespace (ADLS Gen2), which list
+  depth-first ("a/x" before "a-b"), one directory at a time as for local files; directory entries skipped;
 - anything else: fsspec's ``find``, which holds the whole listing in memory.
 """
 
@@ -19,7 +22,10 @@ from typing import Any
 
 from statectl.core.layout import ObjectURL
 
-FetchPage = Callable[[Any, str | None], Awaitable[tuple[list[dict[str, Any]], str | None]]]
+FetchPage = Callable[[Any, str | None], Awaitable[tuple[list[Any], str | None]]]
+
+AZURE_PROTOCOLS = ("abfs", "abfss", "adl", "az")
+AZURE_PAGE_SIZE = 5000  # the most Azure's List Blobs returns per request
 
 
 @dataclass(frozen=True)
@@ -31,15 +37,20 @@ class ListedObject:
     modified: datetime | None
 
 
-def iter_listing(url: ObjectURL, prefix: str, fs_for: Callable[[ObjectURL], Any]) -> Iterator[ListedObject]:
+def iter_listing(
+    url: ObjectURL, prefix: str, fs_for: Callable[[ObjectURL], Any], *, page_size: int | None = None
+) -> Iterator[ListedObject]:
     """The objects below ``url`` whose relative path starts with ``prefix``, in path order.
-    ``fs_for`` builds the filesystem (only object stores need one)."""
+    ``fs_for`` builds the filesystem (only object stores need one). ``page_size``: blobs per request
+    on Azure (default and most: 5000); the other stores take their own fixed page size."""
     if url.is_local:
         yield from _walk_sorted(url.path, prefix)
     elif url.protocol in ("s3", "s3a"):
         yield from _list_s3(fs_for(url), url, prefix)
     elif url.protocol in ("gs", "gcs"):
         yield from _list_gcs(fs_for(url), url, prefix)
+    elif url.protocol in AZURE_PROTOCOLS and is_adlfs(fs := fs_for(url)):
+        yield from azure_listing(fs, url, prefix, page_size or AZURE_PAGE_SIZE)
     else:
         yield from _list_find(fs_for(url), url, prefix)
 
@@ -52,7 +63,7 @@ def _list_find(fs: Any, url: ObjectURL, prefix: str) -> Iterator[ListedObject]:
             yield ListedObject(path, info.get("size"), modified_from_info(info))
 
 
-def _pages(fs: Any, fetch_page: FetchPage) -> Iterator[list[dict[str, Any]]]:
+def _pages(fs: Any, fetch_page: FetchPage) -> Iterator[list[Any]]:
     """Pages of a listing, one request each on the filesystem's own event loop."""
     from fsspec.asyn import sync
 
@@ -100,6 +111,120 @@ def _list_gcs(fs: Any, url: ObjectURL, prefix: str) -> Iterator[ListedObject]:
         for item in page:
             if not item["name"].endswith("/"):
                 yield ListedObject(f"{bucket}/{item['name']}", int(item.get("size", 0)), modified_from_info(item))
+
+
+def is_adlfs(fs: Any) -> bool:
+    """Whether ``fs`` is adlfs's AzureBlobFileSystem (what Airflow's Azure provider builds)."""
+    return any(cls.__module__.split(".")[0] == "adlfs" for cls in type(fs).__mro__)
+
+
+def azure_listing(
+    fs: Any, url: ObjectURL, prefix: str, page_size: int = AZURE_PAGE_SIZE, *, hierarchical: bool | None = None
+) -> Iterator[ListedObject]:
+    """The listing on Azure Blob Storage, in path order.
+
+    A flat List Blobs returns blobs in lexicographic order of their names on accounts without a
+    hierarchical namespace, but depth-first on those with one (ADLS Gen2: "a/x" before "a-b"), so
+    there the listing goes one directory at a time. ``hierarchical``: None asks the account."""
+    container, name_prefix = _split(url, prefix)
+    try:
+        if hierarchical is None:
+            hierarchical = _hierarchical_namespace(fs, container)
+        if hierarchical:
+            directory, slash, leaf = name_prefix.rpartition("/")
+            yield from _azure_walk(fs, container, directory + slash, leaf, page_size)
+        else:
+            for page in azure_pages(fs, url, prefix, page_size):
+                yield from page
+    except Exception as e:
+        if type(e).__name__ == "ResourceNotFoundError":  # no such container: nothing listed
+            raise FileNotFoundError(url.path) from None
+        raise
+
+
+def _hierarchical_namespace(fs: Any, container: str) -> bool:
+    """Whether the account has a hierarchical namespace (Get Account Information; a container SAS may ask)."""
+    from fsspec.asyn import sync
+
+    async def ask() -> dict[str, Any]:
+        async with fs.service_client.get_container_client(container) as cc:
+            info: dict[str, Any] = await cc.get_account_information()
+            return info
+
+    try:
+        answer = sync(fs.loop, ask)
+    except Exception:  # not allowed to ask: list one directory at a time, right on any account
+        return True
+    return bool(answer.get("is_hns_enabled"))
+
+
+def azure_pages(fs: Any, url: ObjectURL, prefix: str, page_size: int = AZURE_PAGE_SIZE) -> Iterator[list[ListedObject]]:
+    """The flat listing, one page (one List Blobs request) at a time, in the order the service lists.
+
+    Accounts with a hierarchical namespace also return their directories as entries with
+    ``hdi_isfolder=true`` metadata; those, and folder markers named ``.../``, are no objects."""
+    container, name_prefix = _split(url, prefix)
+
+    async def fetch(fs: Any, token: str | None) -> tuple[list[Any], str | None]:
+        async with fs.service_client.get_container_client(container) as cc:
+            pages = cc.list_blobs(
+                name_starts_with=name_prefix or None, include=["metadata"], results_per_page=page_size
+            ).by_page(continuation_token=token)
+            try:
+                page = await pages.__anext__()
+            except StopAsyncIteration:
+                return [], None
+            blobs = [blob async for blob in page]
+            return blobs, pages.continuation_token
+
+    for page in _pages(fs, fetch):
+        yield [
+            ListedObject(f"{container}/{blob.name}", blob.size, _as_utc(blob.last_modified))
+            for blob in page
+            if not _azure_directory(blob)
+        ]
+
+
+def _azure_walk(fs: Any, container: str, directory: str, leaf: str, page_size: int) -> Iterator[ListedObject]:
+    """The objects below ``directory`` (``""`` or ending in "/") whose names there start with ``leaf``, in
+    path order: one directory's entries held at a time (all its pages), a subdirectory sorting as its name
+    + "/" (so "a-b" < "a/x" < "a0"), as :func:`_walk_sorted` does for local files."""
+
+    async def fetch(fs: Any, token: str | None) -> tuple[list[Any], str | None]:
+        async with fs.service_client.get_container_client(container) as cc:
+            pages = cc.walk_blobs(
+                name_starts_with=directory + leaf or None,
+                include=["metadata"],
+                delimiter="/",
+                results_per_page=page_size,
+            ).by_page(continuation_token=token)
+            try:
+                page = await pages.__anext__()
+            except StopAsyncIteration:
+                return [], None
+            items = [item async for item in page]
+            return items, pages.continuation_token
+
+    entries: dict[str, ListedObject | None] = {}  # name -> the object, or None for a subdirectory ("x/")
+    for page in _pages(fs, fetch):
+        for item in page:
+            if type(item).__name__ == "BlobPrefix":
+                entries[item.name] = None
+            elif not _azure_directory(item):
+                entries[item.name] = ListedObject(f"{container}/{item.name}", item.size, _as_utc(item.last_modified))
+    for name in sorted(entries):
+        listed = entries[name]
+        if listed is None:
+            yield from _azure_walk(fs, container, name, "", page_size)
+        else:
+            yield listed
+
+
+def _azure_directory(blob: Any) -> bool:
+    if blob.name.endswith("/"):
+        return True
+    metadata = {str(k).lower(): str(v).lower() for k, v in (blob.metadata or {}).items()}
+    return metadata.get("hdi_isfolder") == "true" or metadata.get("is_directory") == "true"
 
 
 def _walk_sorted(root: str, prefix: str = "") -> Iterator[ListedObject]:
