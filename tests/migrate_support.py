@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -112,6 +113,10 @@ def core_values(environ: dict[str, str]) -> dict[RowKey, Any]:
     from statectl.stores.store import StateStore
 
     store = StateStore(Config(environ=environ))
+    # Airflow resolves connections from the process environment, as in a statectl process.
+    connections = {k: v for k, v in environ.items() if k.startswith("AIRFLOW_CONN_")}
+    saved = {k: os.environ.get(k) for k in connections}
+    os.environ.update(connections)
     try:
         values: dict[RowKey, Any] = {}
         for row in store.metastore.iter_rows(RowFilter()):
@@ -123,6 +128,11 @@ def core_values(environ: dict[str, str]) -> dict[RowKey, Any]:
         return values
     finally:
         store.close()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def same(got: Any, want: Any) -> bool:

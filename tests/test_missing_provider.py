@@ -104,7 +104,7 @@ def test_a_worker_without_the_provider_fails_the_same_way(core_venv: Path) -> No
     """What statectl refuses, a worker cannot do either: Airflow's object storage has no gs:// filesystem."""
     code = (
         "from airflow.sdk.io.store import attach\n"
-        "try:\n    attach('gs', 'gcp_conn')\nexcept ValueError as e:\n    print(e)\n"
+        "try:\n    attach('gs', 'gcp_conn').fs\nexcept ValueError as e:\n    print(e)\n"
     )
     out = subprocess.run([core_venv, "-c", code], capture_output=True, text=True, check=True, timeout=120).stdout
     assert "No filesystem registered" in out and "gs" in out, out
