@@ -1,26 +1,31 @@
 """`statectl migrate` against the naive loop a user would write, side by side in one run (not a timed test).
 
 Real components only: a throwaway PostgreSQL cluster (Debian's binaries) built by `airflow db migrate`,
-moto's S3 server on 127.0.0.1 reached through an Airflow connection (AIRFLOW_CONN_<ID>), one real
+an object store on 127.0.0.1 reached through an Airflow connection (AIRFLOW_CONN_<ID>), one real
 `dag.test()` run for the dag run and task instances, then N task_state_store rows of mixed sizes
 (log-uniform, fixed seed) written as plain JSON, as workers without a backend write them.
+
+--store (benchmarks/stores.py): s3 (default) is moto's S3 server through an aws connection; gcs is the
+in-memory gcp-storage-emulator through a google_cloud_platform connection; azure is Azurite (in memory)
+through a wasb connection with a connection_string. Each counts the requests it serves, by HTTP method
+and kind (list, upload, download, metadata, delete, ...), also per object.
 
 1. to-bucket and to-metastore, each direction timed as a whole process, statectl against the naive
    baseline (a loop over the rows calling the provider's serialize/deserialize and committing per
    row), same Airflow configuration, same starting state (rows restored from a copy, bucket emptied):
    statectl to-bucket, naive to-bucket, naive to-metastore, statectl to-bucket, statectl to-metastore.
    Every run's end state is checked against the others (md5 of the value column, objects left).
+   Then the store's floor: the objects fetched and uploaded again with bare concurrent requests.
 2. Peak RSS of `statectl migrate to-bucket` at --rows vs --big-rows rows (both with values up to
    --mem-max-bytes so that the 100k-row bucket stays a sane size).
 
-Usage: .venv/bin/python benchmarks/bench_migrate.py [--rows 20000] [--big-rows 100000]
+Usage: .venv/bin/python benchmarks/bench_migrate.py [--store s3|gcs|azure] [--rows 20000] [--big-rows 100000]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import os
 import random
@@ -36,13 +41,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.stores import STORES, Kind, Store, by_kind, by_method, per_object, start_store  # noqa: E402
 from tests.infra import (  # noqa: E402
     OBJECT_STORAGE_BACKEND,
     PYTHON,
-    S3Bucket,
     airflow_base_env,
     airflow_db_migrate,
-    create_s3_bucket,
     find_pg_bin_dir,
     run_dag,
     start_postgres,
@@ -116,6 +120,12 @@ print(len(rows))
 """
 )
 
+
+def naive_to_metastore(scheme: str) -> str:
+    """NAIVE_TO_METASTORE for a store whose object refs start with `scheme`:// (inline refs are JSON texts)."""
+    return NAIVE_TO_METASTORE.replace('ref.startswith("s3://")', f"ref.startswith({scheme + '://'!r})")
+
+
 _WORDS = ["alpha", "beta", "gamma", "delta", "offset", "partition", "watermark", "cursor", "shard"]
 
 
@@ -144,32 +154,28 @@ def make_value(seq: int, size: int, pool: str, rng: random.Random) -> str:
     return json.dumps({"seq": seq, "blob": pool[start : start + room]})
 
 
-def _count_moto_requests() -> Counter[str]:
-    """Count the requests moto's server answers, by HTTP method (its app is the same object for all)."""
-    from moto.moto_server import threaded_moto_server
-
-    counts: Counter[str] = Counter()
-    app_class = threaded_moto_server.DomainDispatcherApplication
-    serve = app_class.__call__
-
-    def counting(self: Any, environ: dict[str, Any], start_response: Any) -> Any:
-        counts[environ["REQUEST_METHOD"]] += 1
-        return serve(self, environ, start_response)
-
-    app_class.__call__ = counting  # type: ignore[method-assign]
-    return counts
-
-
 # The emulator's own limit, for scale: the objects statectl wrote, fetched (timed: what any tool must at
 # least do to move them into the metastore) and then uploaded again, already compressed (timed: the least
-# any tool must do to move them to the bucket), with as many requests in flight as statectl uses.
+# any tool must do to move them to the bucket), with as many requests in flight as statectl uses. The store's
+# own fsspec filesystem, built directly (no Airflow), in one request per object.
 FLOOR = """
 import asyncio, json, sys, time
-import s3fs
 from fsspec.asyn import sync
-endpoint, bucket, concurrency = sys.argv[1], sys.argv[2], int(sys.argv[3])
-fs = s3fs.S3FileSystem(key="statectl", secret="statectl", client_kwargs={"endpoint_url": endpoint,
-                       "region_name": "us-east-1"})
+spec, concurrency = json.loads(sys.argv[1]), int(sys.argv[2])
+bucket = spec["bucket"]
+cat_kwargs, pipe_kwargs = {}, {}
+if spec["store"] == "s3":
+    import s3fs
+    fs = s3fs.S3FileSystem(key="statectl", secret="statectl", client_kwargs={"endpoint_url": spec["endpoint"],
+                           "region_name": "us-east-1"})
+    cat_kwargs = {"max_concurrency": 1}
+elif spec["store"] == "gcs":
+    import gcsfs
+    fs = gcsfs.GCSFileSystem(endpoint_url=spec["endpoint"], token="anon", project="test")
+else:
+    import adlfs
+    fs = adlfs.AzureBlobFileSystem(connection_string=spec["connection_string"])
+    pipe_kwargs = {"overwrite": True}
 keys = sorted(fs.find(bucket))
 async def run_all(make):
     semaphore = asyncio.Semaphore(concurrency)
@@ -178,12 +184,12 @@ async def run_all(make):
             return await make(key)
     return await asyncio.gather(*(one(k) for k in keys))
 start = time.perf_counter()
-bodies = sync(fs.loop, run_all, lambda k: fs._cat_file(k, max_concurrency=1))
+bodies = sync(fs.loop, run_all, lambda k: fs._cat_file(k, **cat_kwargs))
 get_s = time.perf_counter() - start
 fs.rm(keys)
 payload = dict(zip(keys, bodies))
 start = time.perf_counter()
-sync(fs.loop, run_all, lambda k: fs._pipe_file(k, payload[k]))
+sync(fs.loop, run_all, lambda k: fs._pipe_file(k, payload[k], **pipe_kwargs))
 put_s = time.perf_counter() - start
 print(json.dumps({"objects": len(keys), "bytes": sum(map(len, bodies)), "get_s": round(get_s, 2),
                   "put_s": round(put_s, 2)}))
@@ -191,29 +197,36 @@ print(json.dumps({"objects": len(keys), "bytes": sum(map(len, bodies)), "get_s":
 
 
 class Bed:
-    """PostgreSQL + moto S3 + Airflow configuration shared by every run."""
+    """PostgreSQL + an object store (--store) + Airflow configuration shared by every run."""
 
-    def __init__(self, work: Path, threshold: int, compression: str) -> None:
-        from moto.server import ThreadedMotoServer
-
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request from moto's server
-
+    def __init__(self, work: Path, threshold: int, compression: str, store: str = "s3") -> None:
         self.work = work
         bin_dir = find_pg_bin_dir()
         if bin_dir is None:
             sys.exit("no PostgreSQL server binaries (apt-get install -y postgresql)")
         self.pg = start_postgres(bin_dir)
-        self.requests = _count_moto_requests()
-        self.moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        self.moto.start()
-        host, port = self.moto.get_host_and_port()
-        self.bucket: S3Bucket = create_s3_bucket(f"http://{host}:{port}")
+        try:
+            self.store: Store = start_store(store, work)
+        except BaseException:
+            self.pg.stop()
+            raise
+        try:
+            self._configure(threshold, compression)
+        except BaseException:
+            self.close()
+            raise
+
+    def _configure(self, threshold: int, compression: str) -> None:
+        work = self.work
+        self.requests = self.store.requests
         self.pg.create_database(DB_NAME)
         home = work / "airflow"
         home.mkdir()
         self.env = airflow_base_env(home, self.pg.url(DB_NAME))
-        self.env.update(self.bucket.conn_env)
-        self.base = self.bucket.url("state")
+        for name in self.store.drop_env:
+            self.env.pop(name, None)
+        self.env.update(self.store.conn_env)
+        self.base = self.store.url("state")
         # The worker-side configuration both tools run with (to-metastore reads the same base path).
         self.backend_env = dict(self.env)
         self.backend_env.update(
@@ -227,11 +240,16 @@ class Bed:
         self.backend_env.pop("PYTHONDONTWRITEBYTECODE", None)
         self.backend_env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
         self.dsn = self.pg.dsn(DB_NAME)
-        self._s3 = self.bucket.client()
+
+    @property
+    def label(self) -> str:
+        return "PostgreSQL + moto S3" if self.store.name == "s3" else f"PostgreSQL + {self.store.label}"
 
     def close(self) -> None:
-        self.moto.stop()
-        self.pg.stop()
+        try:
+            self.store.close()
+        finally:
+            self.pg.stop()
 
     def sql(self, *statements: str, params: Any = None) -> list[tuple[Any, ...]]:
         import psycopg2
@@ -302,27 +320,24 @@ class Bed:
         self.empty_bucket()
 
     def empty_bucket(self) -> None:
-        keys = self.object_keys()
-        for start in range(0, len(keys), 1000):
-            self._s3.delete_objects(
-                Bucket=self.bucket.bucket, Delete={"Objects": [{"Key": k} for k in keys[start : start + 1000]]}
-            )
+        self.store.empty()
 
     def object_keys(self) -> list[str]:
-        return self.bucket.keys()
+        return self.store.keys()
 
     def state(self) -> dict[str, Any]:
         """A fingerprint of the end state: the value column (by id) and the objects."""
         digest, wrapped = self.sql(
             "SELECT md5(string_agg(md5(value), '' ORDER BY id)), "
-            'COUNT(*) FILTER (WHERE value LIKE \'{"__airflow_state_ref__": "s3://%%\') FROM task_state_store'
+            "COUNT(*) FILTER (WHERE value LIKE %s) FROM task_state_store",
+            params=(f'{{"__airflow_state_ref__": "{self.store.scheme}://%',),
         )[0]
         return {"values_md5": digest, "object_refs": int(wrapped), "objects": len(self.object_keys())}
 
     # -- the runs -----------------------------------------------------------------------
     def statectl(self, direction: str, *options: str) -> dict[str, Any]:
         cmd = ["/usr/bin/time", "-f", "%M", STATECTL, "migrate", direction, "--yes", "-o", "json", *options]
-        before = Counter(self.requests)
+        before = self.requests.snapshot()
         start = time.perf_counter()
         proc = subprocess.run(cmd, env=self.backend_env, capture_output=True, text=True, check=False)
         seconds = time.perf_counter() - start
@@ -337,11 +352,17 @@ class Bed:
             "objects_written": summary["objects_written"],
             "objects_deleted": summary["objects_deleted"],
             "ok": summary["ok"],
-            "s3_requests": dict(self.requests - before),
+            **self.request_fields(self.requests.since(before)),
         }
 
+    def request_fields(self, counts: Counter[Kind]) -> dict[str, Any]:
+        """The requests a run sent: by method as "s3_requests" on S3 (as before --store), and by kind."""
+        fields: dict[str, Any] = {"s3_requests": by_method(counts)} if self.store.name == "s3" else {}
+        fields["requests"] = by_kind(counts)
+        return fields
+
     def naive(self, code: str) -> dict[str, Any]:
-        before = Counter(self.requests)
+        before = self.requests.snapshot()
         start = time.perf_counter()
         proc = subprocess.run([PYTHON, "-c", code, self.dsn], env=self.backend_env, capture_output=True, text=True)
         seconds = time.perf_counter() - start
@@ -350,13 +371,14 @@ class Bed:
         return {
             "seconds": round(seconds, 2),
             "rows": int(proc.stdout.strip().splitlines()[-1]),
-            "s3_requests": dict(self.requests - before),
+            **self.request_fields(self.requests.since(before)),
         }
 
     def floor(self, concurrency: int) -> dict[str, Any]:
         """Time bare concurrent GETs and PUTs of the objects in the bucket (which stay as they were)."""
-        args = [PYTHON, "-c", FLOOR, self.bucket.endpoint_url, self.bucket.bucket, str(concurrency)]
-        proc = subprocess.run(args, capture_output=True, text=True, check=False)
+        args = [PYTHON, "-c", FLOOR, json.dumps(self.store.floor_spec()), str(concurrency)]
+        env = {**os.environ, **self.store.client_env()}
+        proc = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"floor run failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
         return json.loads(proc.stdout)
@@ -391,7 +413,7 @@ def side_by_side(bed: Bed, args: argparse.Namespace) -> dict[str, Any]:
     log(f"  {n_tb}")
 
     log("naive to-metastore")
-    n_tm = bed.naive(NAIVE_TO_METASTORE)
+    n_tm = bed.naive(naive_to_metastore(bed.store.scheme))
     naive_back = bed.state()
     log(f"  {n_tm}")
 
@@ -409,6 +431,7 @@ def side_by_side(bed: Bed, args: argparse.Namespace) -> dict[str, Any]:
     log(f"  {s_tm}")
 
     s_tb = (s_tb1["seconds"] + s_tb2["seconds"]) / 2
+    objects = in_bucket["objects"]
     return {
         "data": {**seeded, "value_sizes": f"log-uniform {args.min_bytes}..{args.max_bytes} B, seed {args.seed}"},
         "to_bucket": {
@@ -418,6 +441,11 @@ def side_by_side(bed: Bed, args: argparse.Namespace) -> dict[str, Any]:
             "ratio_naive_over_statectl": round(n_tb["seconds"] / s_tb, 1),
             "emulator_floor_s": floor["put_s"],
             "ratio_naive_over_floor": round(n_tb["seconds"] / floor["put_s"], 1),
+            "requests_per_object": {
+                "objects": objects,
+                "statectl": [per_object(run["requests"], objects) for run in (s_tb1, s_tb2)],
+                "naive": per_object(n_tb["requests"], objects),
+            },
         },
         "to_metastore": {
             "statectl_s": s_tm["seconds"],
@@ -426,6 +454,11 @@ def side_by_side(bed: Bed, args: argparse.Namespace) -> dict[str, Any]:
             "ratio_naive_over_statectl": round(n_tm["seconds"] / s_tm["seconds"], 1),
             "emulator_floor_s": floor["get_s"],
             "ratio_naive_over_floor": round(n_tm["seconds"] / floor["get_s"], 1),
+            "requests_per_object": {
+                "objects": objects,
+                "statectl": per_object(s_tm["requests"], objects),
+                "naive": per_object(n_tm["requests"], objects),
+            },
         },
         "emulator_floor": floor,
         "checks": {
@@ -436,6 +469,7 @@ def side_by_side(bed: Bed, args: argparse.Namespace) -> dict[str, Any]:
             "naive_to_metastore_back_to_plain_rows": naive_back["values_md5"] == plain["values_md5"],
             "objects_after_to_metastore": back["objects"],
             "objects_in_bucket_after_to_bucket": in_bucket["objects"],
+            "objects_in_bucket_after_naive_to_bucket": naive_in_bucket["objects"],
             "object_refs_after_to_bucket": in_bucket["object_refs"],
         },
     }
@@ -460,6 +494,7 @@ def memory(bed: Bed, args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--store", choices=STORES, default="s3", help="the object store (default: moto's S3)")
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--big-rows", type=int, default=100_000)
     parser.add_argument("--min-bytes", type=int, default=100)
@@ -471,15 +506,17 @@ def main() -> None:
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight for the floor runs")
     args = parser.parse_args()
-    # A killed run still stops its PostgreSQL cluster and removes its files (the finally below).
+    # A killed run still stops its PostgreSQL cluster and its object store, and removes its files (the finally
+    # below; Bed stops what it had started if the signal comes while it starts).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "load_before": load()},
-        "config": {"threshold": args.threshold, "compression": args.compression, "store": "PostgreSQL + moto S3"},
+        "config": {"threshold": args.threshold, "compression": args.compression},
     }
     with tempfile.TemporaryDirectory(prefix="statectl-bench-migrate-") as tmp:
-        bed = Bed(Path(tmp), args.threshold, args.compression)
+        bed = Bed(Path(tmp), args.threshold, args.compression, args.store)
+        report["config"]["store"] = bed.label
         try:
             started = time.perf_counter()
             run_id = bed.build_schema_and_run()
