@@ -499,6 +499,39 @@ def json_literal(value: Any) -> str:
     return f"json.loads({json.dumps(json.dumps(value))})"
 
 
+def asset_reader_dag(dag_id: str, asset_name: str, asset_uri: str, expected: dict[str, Any], marker: str) -> str:
+    """A DAG whose task reads these asset values through the provider, as any worker does, asserts them
+    and prints ``<marker> <count>`` (asset state is not per run, so a new run sees it)."""
+    return f"""
+import json
+from datetime import datetime
+
+from airflow.sdk import Asset, dag, task
+
+ASSET = Asset(name={asset_name!r}, uri={asset_uri!r})
+EXPECTED = {json_literal(expected)}
+
+
+@dag(dag_id={dag_id!r}, schedule=None, start_date=datetime(2024, 1, 1), catchup=False)
+def reader_dag():
+    @task(inlets=[ASSET])
+    def read_assets(**context):
+        accessor = context["asset_state_store"][ASSET]
+        for key, want in EXPECTED.items():
+            got = accessor.get(key)
+            assert got == want and json.dumps(got) == json.dumps(want), (key, got, want)
+        print({marker!r}, len(EXPECTED))
+
+    read_assets()
+
+
+d = reader_dag()
+
+if __name__ == "__main__":
+    d.test()
+"""
+
+
 # --------------------------------------------------------------------------- worker-written seeds
 
 

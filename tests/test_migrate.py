@@ -36,8 +36,8 @@ from tests.infra import (
     AirflowEnv,
     S3Bucket,
     WorkerBucketSeed,
+    asset_reader_dag,
     free_port,
-    json_literal,
     run_dag,
     s3_conn_env,
     seed_worker_bucket,
@@ -93,34 +93,7 @@ def expected_values() -> dict[RowKey, Any]:
 WRITER_SOURCE = state_writer_dag(WRITER_DAG, ASSET_NAME, ASSET_URI, TASK_VALUES, MAPPED_VALUES, ASSET_VALUES)
 
 # A real worker reads every asset value back (asset state is not per run, so a new run sees it).
-READER_SOURCE = f"""
-import json
-from datetime import datetime
-
-from airflow.sdk import Asset, dag, task
-
-ASSET = Asset(name={ASSET_NAME!r}, uri={ASSET_URI!r})
-EXPECTED = {json_literal(ASSET_VALUES)}
-
-
-@dag(dag_id={READER_DAG!r}, schedule=None, start_date=datetime(2024, 1, 1), catchup=False)
-def reader_dag():
-    @task(inlets=[ASSET])
-    def read_assets(**context):
-        accessor = context["asset_state_store"][ASSET]
-        for key, want in EXPECTED.items():
-            got = accessor.get(key)
-            assert got == want and json.dumps(got) == json.dumps(want), (key, got, want)
-        print("MIGRATE_READER_OK", len(EXPECTED))
-
-    read_assets()
-
-
-d = reader_dag()
-
-if __name__ == "__main__":
-    d.test()
-"""
+READER_SOURCE = asset_reader_dag(READER_DAG, ASSET_NAME, ASSET_URI, ASSET_VALUES, "MIGRATE_READER_OK")
 
 
 # --------------------------------------------------------------------------- fixtures

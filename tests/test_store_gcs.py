@@ -35,6 +35,7 @@ from tests.infra import (
     GCS_CONN_ID,
     AirflowEnv,
     GcsBucket,
+    asset_reader_dag,
     create_gcs_bucket,
     gcs_backdate,
     gcs_conn_env,
@@ -125,34 +126,7 @@ if __name__ == "__main__":
 
 def reader_source(expected: dict[str, Any]) -> str:
     """A DAG whose task reads these asset values through the provider, as any worker does, and asserts them."""
-    return f"""
-import json
-from datetime import datetime
-
-from airflow.sdk import Asset, dag, task
-
-ASSET = Asset(name={ASSET_NAME!r}, uri={ASSET_URI!r})
-EXPECTED = {json_literal(expected)}
-
-
-@dag(dag_id={READER_DAG!r}, schedule=None, start_date=datetime(2024, 1, 1), catchup=False)
-def reader_dag():
-    @task(inlets=[ASSET])
-    def read_assets(**context):
-        accessor = context["asset_state_store"][ASSET]
-        for key, want in EXPECTED.items():
-            got = accessor.get(key)
-            assert got == want and json.dumps(got) == json.dumps(want), (key, got, want)
-        print("GCS_READER_OK", len(EXPECTED))
-
-    read_assets()
-
-
-d = reader_dag()
-
-if __name__ == "__main__":
-    d.test()
-"""
+    return asset_reader_dag(READER_DAG, ASSET_NAME, ASSET_URI, expected, "GCS_READER_OK")
 
 
 def expected_values() -> dict[RowKey, Any]:
