@@ -22,8 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _uv() -> list[str]:
+    """uv as scripts/bootstrap.sh finds it: on PATH, else the module pip installed for python3."""
     uv = shutil.which("uv")
-    return [uv] if uv else [sys.executable, "-m", "uv"]
+    return [uv] if uv else [shutil.which("python3") or "python3", "-m", "uv"]
 
 
 @pytest.fixture(scope="module")
