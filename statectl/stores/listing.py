@@ -21,10 +21,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from statectl.core.layout import ObjectURL
+from statectl.stores.schemes import scheme_for
 
 FetchPage = Callable[[Any, str | None], Awaitable[tuple[list[Any], str | None]]]
 
-AZURE_PROTOCOLS = ("abfs", "abfss", "adl", "az")
 AZURE_PAGE_SIZE = 5000  # the most Azure's List Blobs returns per request
 
 
@@ -45,14 +45,18 @@ def iter_listing(
     on Azure (default and most: 5000); the other stores take their own fixed page size."""
     if url.is_local:
         yield from _walk_sorted(url.path, prefix)
-    elif url.protocol in ("s3", "s3a"):
-        yield from _list_s3(fs_for(url), url, prefix)
-    elif url.protocol in ("gs", "gcs"):
-        yield from _list_gcs(fs_for(url), url, prefix)
-    elif url.protocol in AZURE_PROTOCOLS and is_adlfs(fs := fs_for(url)):
+        return
+    scheme = scheme_for(url.protocol)
+    package = scheme.fsspec_package if scheme is not None else None
+    fs = fs_for(url)
+    if package == "s3fs":
+        yield from _list_s3(fs, url, prefix)
+    elif package == "gcsfs":
+        yield from _list_gcs(fs, url, prefix)
+    elif is_adlfs(fs):
         yield from azure_listing(fs, url, prefix, page_size or AZURE_PAGE_SIZE)
     else:
-        yield from _list_find(fs_for(url), url, prefix)
+        yield from _list_find(fs, url, prefix)
 
 
 def _list_find(fs: Any, url: ObjectURL, prefix: str) -> Iterator[ListedObject]:
