@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -27,14 +26,11 @@ from statectl.core.codec import Location, StoredValue
 from statectl.core.filters import RowFilter
 from statectl.core.layout import ObjectURL
 from statectl.errors import DataError, ExitCode, StatectlError, UnreachableError, UsageError
+from statectl.ops.objects import ObjectBusy, ObjectWrite, Placed, place_objects
 from statectl.ops.report import NOT_CONFIRMED, Confirm, Progress
-from statectl.stores.bucket import ObjectExists, ObjectMissing, modified_or_none
 from statectl.stores.metastore import StateRow
 from statectl.stores.store import StateStore
 
-# An object at a row's target path that holds another value and is younger than this may be a
-# worker's in-flight write (object first, then row): never overwrite it.
-IN_FLIGHT_GRACE = timedelta(hours=1)
 DEFAULT_BATCH = 500
 PLANNING = "planning"
 
@@ -360,64 +356,22 @@ class Migration:
         )
 
     def _write_all(self, items: list[Item], report: MigrationReport) -> None:
-        """Write the target objects, except those already holding the value or maybe a worker's.
-
-        Where the store makes create-if-absent writes atomic, one conditional PUT per target (the
-        usual case: nothing is there yet); only targets found occupied are looked at. Elsewhere one
-        GET per target first. An object holding another value is overwritten only if it is older
-        than IN_FLIGHT_GRACE. Each write is verified before its row may point to it.
-        """
-        if not items:
-            return
-        buckets = self.store.buckets
-        if self.target.base is not None and buckets.honours_if_absent(self.target.base):
-            results = buckets.write_many(self._objects(items), self.target.compression, if_absent=True)
-            outcomes = list(zip(items, results, strict=True))
-            self._record_writes([(i, e) for i, e in outcomes if not isinstance(e, ObjectExists)], report)
-            items = [i for i, e in outcomes if isinstance(e, ObjectExists)]
-            if not items:
-                return
-        existing = buckets.read_many([i.target_url for i in items if i.target_url is not None])
-        # Unreadable objects compare unequal to every value: replaced only if old.
-        differs = [
-            i for i, e in zip(items, existing, strict=True) if not isinstance(e, ObjectMissing) and e != i.serialized
-        ]
-        infos = buckets.stat_many([i.target_url for i in differs if i.target_url is not None])
-        modified = [modified_or_none(info) for info in infos]
-        now = datetime.now(tz=UTC)
-        recent = {
-            id(i)
-            for i, when in zip(differs, modified, strict=True)
-            if when is not None and now - when < IN_FLIGHT_GRACE
-        }
-        to_write: list[Item] = []
-        for item, current in zip(items, existing, strict=True):
-            if id(item) in recent:
-                item.action = Action.SKIP
-                item.reason = (
-                    f"object {item.target_url} holds another value and is recent: a worker may be writing "
-                    "it (re-run later)"
-                )
-            elif current != item.serialized:
-                to_write.append(item)
-        results = buckets.write_many(self._objects(to_write), self.target.compression)
-        self._record_writes(list(zip(to_write, results, strict=True)), report)
-
-    @staticmethod
-    def _objects(items: list[Item]) -> list[tuple[ObjectURL, str]]:
-        return [(i.target_url, i.serialized) for i in items if i.target_url is not None and i.serialized is not None]
-
-    @staticmethod
-    def _record_writes(outcomes: list[tuple[Item, StatectlError | None]], report: MigrationReport) -> None:
-        for _, error in outcomes:
-            if isinstance(error, UnreachableError):
-                raise error  # the store went away: stop the run before this batch changes any row
-        for item, error in outcomes:
-            if error is None:
+        """Write the target objects, except those already holding the value or maybe a worker's
+        (see :func:`statectl.ops.objects.place_objects`); each write verified before its row may point to it."""
+        items = [i for i in items if i.target_url is not None and i.serialized is not None]
+        writes = [ObjectWrite(i.target_url, i.serialized) for i in items if i.target_url and i.serialized is not None]
+        results = place_objects(self.store, self.target.base, self.target.compression, writes)
+        for _, result in zip(items, results, strict=True):
+            if isinstance(result, UnreachableError):
+                raise result  # the store went away: stop the run before this batch changes any row
+        for item, result in zip(items, results, strict=True):
+            if result is Placed.WRITTEN:
                 report.objects_written += 1
-            else:
-                item.action, item.reason = Action.SKIP, error.message
-                report.failed.append((item.label, error.message))
+            elif isinstance(result, ObjectBusy):
+                item.action, item.reason = Action.SKIP, result.message
+            elif isinstance(result, StatectlError):
+                item.action, item.reason = Action.SKIP, result.message
+                report.failed.append((item.label, result.message))
 
     def _update_rows(self, items: list[Item], report: MigrationReport) -> list[Item]:
         """Conditional updates in one transaction; return the items committed."""
