@@ -23,6 +23,7 @@ class ExitCode(IntEnum):
     MAX_DELETE = 10  # stopped before deleting more than --max-delete things (prune): re-run to go on
     UNHEALTHY = 11  # `statectl doctor` found at least one failing check
     PROBLEMS_FOUND = 12  # `statectl check` found problems in the stored state
+    CONFLICT = 13  # a key exists at the target with another value (import/cp/mv --on-conflict fail)
 
 
 class StatectlError(Exception):
@@ -55,3 +56,7 @@ class DataError(StatectlError):
 
 class TooLargeError(StatectlError):
     exit_code = ExitCode.TOO_LARGE
+
+
+class ConflictError(StatectlError):
+    exit_code = ExitCode.CONFLICT

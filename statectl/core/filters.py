@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from statectl.core.scopes import ScopeFlags
+from statectl.core.scopes import AssetScope, Scope, ScopeFlags, TaskScope
 from statectl.errors import UsageError
 
 
@@ -33,6 +33,24 @@ class RowFilter:
     def wants_assets(self) -> bool:
         has_task_filter = any(v is not None for v in (self.dag_id, self.run_id, self.task_id, self.map_index))
         return self.assets and not has_task_filter and self.expired_before is None
+
+    def selects(self, scope: Scope, expires_at: datetime | None = None) -> bool:
+        """Whether a row of this scope (and expiry) is one the filter selects: the query's WHERE, in Python."""
+        if isinstance(scope, TaskScope):
+            if not self.wants_tasks:
+                return False
+            if self.expired_before is not None and (expires_at is None or expires_at >= self.expired_before):
+                return False
+            pairs = ((self.dag_id, scope.dag_id), (self.run_id, scope.run_id), (self.task_id, scope.task_id))
+            return all(want is None or want == have for want, have in pairs) and (
+                self.map_index is None or self.map_index == scope.map_index
+            )
+        assert isinstance(scope, AssetScope)
+        return (
+            self.wants_assets
+            and (self.asset_name is None or self.asset_name == scope.name)
+            and (self.asset_uri is None or self.asset_uri == scope.uri)
+        )
 
 
 def filter_from_flags(

@@ -3,17 +3,18 @@ rows with where each value lives. Writing is in :mod:`statectl.ops.write`."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-from statectl.core import codec
+from statectl.core import codec, layout
 from statectl.core.codec import StoredValue
 from statectl.core.filters import RowFilter
 from statectl.core.layout import ObjectURL
 from statectl.core.scopes import Scope, TaskScope, check_key
-from statectl.errors import NotFoundError
+from statectl.errors import DataError, NotFoundError, StatectlError
+from statectl.stores.bucket import Result
 from statectl.stores.metastore import StateRow
 from statectl.stores.store import StateStore
 
@@ -52,6 +53,31 @@ def get_from_bucket(store: StateStore, scope: Scope, key: str) -> ReadResult:
     url = store.object_url_for(scope, key)
     text = store.buckets.read_text(url)
     return ReadResult(scope, key, codec.decode_json(text, f"object {url}"), None, None, url)
+
+
+def read_values(store: StateStore, rows: Sequence[StateRow]) -> list[Result[Any]]:
+    """The value a worker reads for each row, objects read concurrently; per row the value or the error
+    (a missing or corrupt object, a ref outside the base path, text that is not JSON)."""
+    values: list[Result[Any]] = []
+    reads: list[tuple[int, ObjectURL]] = []
+    for index, row in enumerate(rows):
+        stored = codec.classify(row.value)
+        try:
+            if stored.location is codec.Location.OBJECT:
+                assert stored.ref is not None
+                reads.append((index, layout.require_readable(stored.ref, store.base)))
+                values.append(None)
+            else:
+                values.append(store.decode(stored)[0])
+        except DataError as e:
+            values.append(e)
+    texts = store.buckets.read_many([url for _, url in reads])
+    for (index, url), text in zip(reads, texts, strict=True):
+        try:
+            values[index] = text if isinstance(text, StatectlError) else codec.decode_json(text, f"object {url}")
+        except DataError as e:
+            values[index] = e
+    return values
 
 
 # -- ls ----------------------------------------------------------------------------------

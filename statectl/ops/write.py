@@ -30,11 +30,16 @@ class Expiry:
     never: bool = False
 
     def expires_at(self, now: datetime, default_days: int) -> datetime | None:
+        """A new value's: the SDK's default is [state_store] default_retention_days (0: never)."""
+        return self.or_else(None if default_days == 0 else now + timedelta(days=default_days), now)
+
+    def or_else(self, default: datetime | None, now: datetime) -> datetime | None:
+        """``default`` unless --ttl or --never-expire says otherwise (import, cp, mv keep each value's own)."""
         if self.never:
             return None
         if self.ttl is not None:
             return now + self.ttl
-        return None if default_days == 0 else now + timedelta(days=default_days)
+        return default
 
 
 # -- put ---------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 from statectl.core.config import mask_url
 from statectl.core.filters import RowFilter, utcnow
 from statectl.core.scopes import AssetScope, Scope, TaskScope
+from statectl.core.snapshot import AssetWriter
 from statectl.errors import ConfigError, NotFoundError, StatectlError, UnreachableError
 
 SQLITE_TIMESTAMP = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's storage format for DateTime on SQLite
@@ -29,7 +30,10 @@ _CURSOR_SERIAL = itertools.count()  # names of server-side cursors open at the s
 _BATCH_ROWS = 1000  # rows per batched PostgreSQL write statement
 
 _TASK_COLUMNS = 'id, dag_id, run_id, task_id, map_index, "key", value, updated_at, expires_at'
-_ASSET_COLUMNS = 'a.id, a.name, a.uri, s."key", s.value, s.updated_at'
+_ASSET_COLUMNS = (
+    'a.id, a.name, a.uri, s."key", s.value, s.updated_at, s.last_updated_by_kind, s.last_updated_by_dag_id, '
+    "s.last_updated_by_run_id, s.last_updated_by_task_id, s.last_updated_by_map_index"
+)
 _ASSET_FROM = "asset_state_store s JOIN asset a ON a.id = s.asset_id"  # rows with their asset's name and uri
 
 
@@ -43,6 +47,7 @@ class StateRow:
     updated_at: datetime | None
     expires_at: datetime | None = None
     row_id: int | None = None  # task_state_store.id; asset rows are keyed by (asset_id, key)
+    writer: AssetWriter | None = None  # asset rows: last_updated_by_*
 
     @property
     def kind(self) -> str:
@@ -71,6 +76,79 @@ class _RowKey:
         if isinstance(row.scope, TaskScope):
             return cls("task_state_store", "id = ?", (row.row_id,), expires=True)
         return cls("asset_state_store", 'asset_id = ? AND "key" = ?', (row.scope.asset_id, row.key), expires=False)
+
+
+@dataclass(frozen=True)
+class NewValue:
+    """A row to write: its scope (an asset resolved to its asset_id), key and column text."""
+
+    scope: Scope
+    key: str
+    value: str
+    expires_at: datetime | None = None
+    dag_run_id: int | None = None  # task rows: the dag run's id
+    writer: AssetWriter | None = None  # asset rows: last_updated_by_* (None: written through the API)
+
+
+def address(scope: Scope, key: str) -> tuple[Any, ...]:
+    """What identifies a row across reads: the task scope and key, or the asset's id and key."""
+    if isinstance(scope, TaskScope):
+        return ("task", scope.dag_id, scope.run_id, scope.task_id, scope.map_index, key)
+    return ("asset", scope.asset_id, key)
+
+
+_WRITER_COLUMNS = (
+    "last_updated_by_kind, last_updated_by_dag_id, last_updated_by_run_id, last_updated_by_task_id, "
+    "last_updated_by_map_index"
+)
+_API_WRITER = AssetWriter("api")  # what the API server records for a write that no task made
+
+
+def _task_insert_params(value: NewValue, now: Any, expires_at: Any) -> tuple[Any, ...]:
+    scope = value.scope
+    assert isinstance(scope, TaskScope)
+    return (
+        value.dag_run_id,
+        scope.task_id,
+        scope.map_index,
+        value.key,
+        scope.dag_id,
+        scope.run_id,
+        value.value,
+        now,
+        expires_at,
+    )
+
+
+def _asset_params(value: NewValue, now: Any) -> tuple[Any, ...]:
+    """asset_id, key, value, updated_at and the writer columns."""
+    writer = value.writer or _API_WRITER
+    assert isinstance(value.scope, AssetScope)
+    return (
+        value.scope.asset_id,
+        value.key,
+        value.value,
+        now,
+        writer.kind,
+        writer.dag_id,
+        writer.run_id,
+        writer.task_id,
+        writer.map_index,
+    )
+
+
+def _pages(params: Sequence[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
+    """Statements of at most _BATCH_ROWS rows or ~8 MB of text each."""
+    page: list[tuple[Any, ...]] = []
+    size = 0
+    for row in params:
+        page.append(row)
+        size += sum(len(p) for p in row if isinstance(p, str))
+        if size > 8_000_000 or len(page) >= _BATCH_ROWS:
+            yield page
+            page, size = [], 0
+    if page:
+        yield page
 
 
 def _parse_sqlite_url(url: str) -> str:
@@ -375,7 +453,10 @@ class Metastore:
     def _asset_row(r: Sequence[Any], scope: AssetScope | None = None) -> StateRow:
         """An asset_state_store row (``_ASSET_COLUMNS``), in ``scope`` if given."""
         row_scope = scope or AssetScope(name=r[1] or None, uri=r[2] or None, asset_id=int(r[0]))
-        return StateRow(row_scope, r[3], r[4], _from_db_ts(r[5]))
+        writer = None
+        if len(r) > 6 and any(v is not None for v in r[6:11]):
+            writer = AssetWriter(r[6], r[7], r[8], r[9], None if r[10] is None else int(r[10]))
+        return StateRow(row_scope, r[3], r[4], _from_db_ts(r[5]), writer=writer)
 
     # -- single rows ------------------------------------------------------------------
     def get_row(self, scope: Scope, key: str) -> StateRow | None:
@@ -530,18 +611,147 @@ class Metastore:
     def _execute_values(self, sql: str, template: str, pages: Iterable[Sequence[tuple[Any, ...]]]) -> list[int]:
         """Run a psycopg2 ``execute_values`` statement ending in ``RETURNING t.id`` once per page of
         values (PostgreSQL only); the ids it returned, in order."""
+        return [int(row_id) for (row_id,) in self._returning(sql, template, pages)]
+
+    def _returning(self, sql: str, template: str, pages: Iterable[Sequence[tuple[Any, ...]]]) -> list[tuple[Any, ...]]:
+        """Run a psycopg2 ``execute_values`` statement with a RETURNING clause once per page of values
+        (PostgreSQL only); the rows it returned, in order."""
         from psycopg2.extras import execute_values
 
-        ids: list[int] = []
+        returned: list[tuple[Any, ...]] = []
         with self._errors():
             cur = self.conn.cursor()
             try:
                 for page in pages:
-                    returned = execute_values(cur, sql, page, template=template, page_size=len(page), fetch=True)
-                    ids.extend(int(row_id) for (row_id,) in returned)
+                    rows = execute_values(cur, sql, page, template=template, page_size=len(page), fetch=True)
+                    returned.extend(tuple(row) for row in rows)
             finally:
                 cur.close()
-        return ids
+        return returned
+
+    # -- many values at once (import, cp, mv) -------------------------------------------
+    def dag_run_ids(self, runs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """dag_run.id of each (dag_id, run_id) that exists; runs that do not are left out."""
+        wanted = list(dict.fromkeys(runs))
+        found: dict[tuple[str, str], int] = {}
+        for start in range(0, len(wanted), _BATCH_ROWS):
+            chunk = wanted[start : start + _BATCH_ROWS]
+            marks = ", ".join("(?, ?)" for _ in chunk)
+            records = self._fetchall(
+                f"SELECT id, dag_id, run_id FROM dag_run WHERE (dag_id, run_id) IN (VALUES {marks})",
+                [part for pair in chunk for part in pair],
+            )
+            found.update(((dag_id, run_id), int(run)) for run, dag_id, run_id in records)
+        return found
+
+    def existing_rows(self, wanted: Sequence[NewValue]) -> dict[tuple[Any, ...], StateRow]:
+        """The rows stored now at the addresses of these values, by :func:`address`."""
+        found: dict[tuple[Any, ...], StateRow] = {}
+        tasks = [v for v in wanted if isinstance(v.scope, TaskScope)]
+        for start in range(0, len(tasks), _BATCH_ROWS // 2):
+            chunk = tasks[start : start + _BATCH_ROWS // 2]
+            marks = ", ".join("(?, ?, ?, ?)" for _ in chunk)
+            params = [p for v in chunk for p in (v.dag_run_id, v.scope.task_id, v.scope.map_index, v.key)]  # type: ignore[union-attr]
+            sql = (
+                f"SELECT {_TASK_COLUMNS} FROM task_state_store "
+                f'WHERE (dag_run_id, task_id, map_index, "key") IN (VALUES {marks})'
+            )
+            for row in self._task_rows(self._fetchall(sql, params)):
+                found[address(row.scope, row.key)] = row
+        assets = [v for v in wanted if isinstance(v.scope, AssetScope)]
+        for start in range(0, len(assets), _BATCH_ROWS // 2):
+            chunk = assets[start : start + _BATCH_ROWS // 2]
+            marks = ", ".join("(?, ?)" for _ in chunk)
+            params = [p for v in chunk for p in (v.scope.asset_id, v.key)]  # type: ignore[union-attr]
+            sql = f'SELECT {_ASSET_COLUMNS} FROM {_ASSET_FROM} WHERE (s.asset_id, s."key") IN (VALUES {marks})'
+            for record in self._fetchall(sql, params):
+                row = self._asset_row(record)
+                found[address(row.scope, row.key)] = row
+        return found
+
+    def insert_many_if_absent(self, values: Sequence[NewValue]) -> list[bool]:
+        """Insert rows where no row is (a worker may have written one since it was read); per value,
+        whether it was inserted. No commit: the caller commits the batch."""
+        now = utcnow()
+        ts = self.sql_dialect.ts
+        inserted = [False] * len(values)
+        for kind in ("task", "asset"):
+            indices = [i for i, v in enumerate(values) if v.scope.kind == kind]
+            if not indices:
+                continue
+            if kind == "task":
+                columns = 'dag_run_id, task_id, map_index, "key", dag_id, run_id, value, updated_at, expires_at'
+                conflict = 'dag_run_id, task_id, map_index, "key"'
+                template = "(%s::integer, %s, %s::integer, %s, %s, %s, %s, %s::timestamptz, %s::timestamptz)"
+                params = [_task_insert_params(values[i], ts(now), ts(values[i].expires_at)) for i in indices]
+            else:
+                columns = 'asset_id, "key", value, updated_at, ' + _WRITER_COLUMNS
+                conflict = 'asset_id, "key"'
+                template = "(%s::integer, %s, %s, %s::timestamptz, %s, %s, %s, %s, %s::integer)"
+                params = [_asset_params(values[i], ts(now)) for i in indices]
+            width = conflict.count(",") + 1  # the params start with the conflict columns
+            table = f"{kind}_state_store"
+            head = f"INSERT INTO {table} ({columns}) VALUES "
+            tail = f" ON CONFLICT ({conflict}) DO NOTHING"
+            if self.sql_dialect.batched_writes:
+                done = set(self._returning(f"{head}%s{tail} RETURNING {conflict}", template, _pages(params)))
+                for index, row_params in zip(indices, params, strict=True):
+                    inserted[index] = row_params[:width] in done
+            else:
+                marks = "(" + ", ".join("?" for _ in params[0]) + ")"
+                for index, row_params in zip(indices, params, strict=True):
+                    inserted[index] = self._execute(head + marks + tail, row_params) == 1
+        return inserted
+
+    def replace_many_if_unchanged(self, changes: Sequence[tuple[StateRow, NewValue]]) -> list[bool]:
+        """Replace rows (value, updated_at, and expires_at or the asset's writer) only where they still
+        hold the value read; per change, whether it was replaced. No commit."""
+        now = utcnow()
+        ts = self.sql_dialect.ts
+        replaced = [False] * len(changes)
+        tasks = [i for i, (row, _) in enumerate(changes) if isinstance(row.scope, TaskScope)]
+        assets = [i for i, (row, _) in enumerate(changes) if not isinstance(row.scope, TaskScope)]
+        task_params = [
+            (changes[i][0].row_id, changes[i][0].value, changes[i][1].value, ts(now), ts(changes[i][1].expires_at))
+            for i in tasks
+        ]
+        asset_params = []
+        for i in assets:
+            fresh = _asset_params(changes[i][1], ts(now))
+            asset_params.append((*fresh[:2], changes[i][0].value, *fresh[2:]))
+        writer_set = ", ".join(f"{c} = v.{c}" for c in _WRITER_COLUMNS.split(", "))
+        if self.sql_dialect.batched_writes and len({p[0] for p in task_params}) == len(task_params):
+            sql = (
+                "UPDATE task_state_store AS t SET value = v.new, updated_at = v.at, expires_at = v.exp "
+                "FROM (VALUES %s) AS v(id, old, new, at, exp) WHERE t.id = v.id AND t.value = v.old RETURNING t.id"
+            )
+            template = "(%s::integer, %s::text, %s::text, %s::timestamptz, %s::timestamptz)"
+            done = {r[0] for r in self._returning(sql, template, _pages(task_params))}
+            for index, params in zip(tasks, task_params, strict=True):
+                replaced[index] = params[0] in done
+        else:
+            sql = "UPDATE task_state_store SET value = ?, updated_at = ?, expires_at = ? WHERE id = ? AND value = ?"
+            for index, (row_id, old, new, at, exp) in zip(tasks, task_params, strict=True):
+                replaced[index] = self._execute(sql, (new, at, exp, row_id, old)) == 1
+        if self.sql_dialect.batched_writes and len({p[:2] for p in asset_params}) == len(asset_params):
+            sql = (
+                f"UPDATE asset_state_store AS t SET value = v.new, updated_at = v.at, {writer_set} "
+                f"FROM (VALUES %s) AS v(asset_id, k, old, new, at, {_WRITER_COLUMNS}) "
+                'WHERE t.asset_id = v.asset_id AND t."key" = v.k AND t.value = v.old RETURNING t.asset_id, t."key"'
+            )
+            template = "(%s::integer, %s, %s::text, %s::text, %s::timestamptz, %s, %s, %s, %s, %s::integer)"
+            done_assets = set(self._returning(sql, template, _pages(asset_params)))
+            for index, params in zip(assets, asset_params, strict=True):
+                replaced[index] = (params[0], params[1]) in done_assets
+        else:
+            sets = ", ".join(f"{c} = ?" for c in _WRITER_COLUMNS.split(", "))
+            sql = (
+                f"UPDATE asset_state_store SET value = ?, updated_at = ?, {sets} "
+                'WHERE asset_id = ? AND "key" = ? AND value = ?'
+            )
+            for index, (asset_id, key, old_text, new_text, at, *writer) in zip(assets, asset_params, strict=True):
+                replaced[index] = self._execute(sql, (new_text, at, *writer, asset_id, key, old_text)) == 1
+        return replaced
 
     # -- streams in scope order -----------------------------------------------------
     def scope_rows(self, scope: Scope, *, all_map_indices: bool = False) -> list[StateRow]:
@@ -699,3 +909,44 @@ class Metastore:
                 rows = self._fetchall(f"SELECT DISTINCT value FROM {table} WHERE value IN ({marks})", chunk)
                 found.update(r[0] for r in rows)
         return found
+
+    # -- expire -----------------------------------------------------------------------
+    def set_expiry_many_if_unchanged(self, rows: Sequence[StateRow], expires_at: datetime | None) -> list[StateRow]:
+        """Set expires_at of task rows that still hold the value read, in one transaction; return those
+        updated. Commits. updated_at stays as it is: the value did not change.
+
+        On PostgreSQL in statements of up to 1000 rows or ~8 MB of values each,
+        ``UPDATE ... FROM (VALUES ...) WHERE t.id = v.id AND t.value = v.old RETURNING t.id``.
+        """
+        by_id: dict[int, StateRow] = {}
+        for row in rows:
+            if not isinstance(row.scope, TaskScope) or row.row_id is None:
+                raise ValueError(f"{row.label}: only task rows have expires_at")
+            by_id.setdefault(row.row_id, row)
+        when = self.sql_dialect.ts(expires_at)
+        if not self.sql_dialect.batched_writes:
+            sql = "UPDATE task_state_store SET expires_at = ? WHERE id = ? AND value = ?"
+            updated = [row for row_id, row in by_id.items() if self._execute(sql, (when, row_id, row.value)) > 0]
+            self.commit()
+            return updated
+
+        def pages() -> Iterator[list[tuple[int, str, Any]]]:
+            page: list[tuple[int, str, Any]] = []
+            page_bytes = 0
+            for row_id, row in by_id.items():
+                page.append((row_id, row.value, when))
+                page_bytes += len(row.value)
+                if page_bytes > 8_000_000 or len(page) >= _BATCH_ROWS:
+                    yield page
+                    page, page_bytes = [], 0
+            if page:
+                yield page
+
+        sql = (
+            "UPDATE task_state_store AS t SET expires_at = v.expires FROM (VALUES %s) AS v(id, old, expires) "
+            "WHERE t.id = v.id AND t.value = v.old RETURNING t.id"
+        )
+        template = "(%s::integer, %s::text, %s::timestamptz)"
+        updated = [by_id[row_id] for row_id in self._execute_values(sql, template, pages())]
+        self.commit()
+        return updated
