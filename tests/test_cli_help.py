@@ -9,7 +9,24 @@ from typer.testing import CliRunner
 
 from statectl.cli.main import app
 
-ORDER = ["get", "put", "ls", "rm", "clear", "migrate", "prune", "check", "where", "doctor", "config"]
+ORDER = [
+    "get",
+    "put",
+    "ls",
+    "rm",
+    "clear",
+    "export",
+    "import",
+    "cp",
+    "mv",
+    "migrate",
+    "prune",
+    "expire",
+    "check",
+    "where",
+    "doctor",
+    "config",
+]
 COMMANDS = [*ORDER, "migrate to-bucket", "migrate to-metastore", "migrate relocate"]
 
 

@@ -6,13 +6,23 @@ import sys
 
 import typer
 
-from statectl.cli import check, info, migrate, prune, troubleshoot, values
+from statectl.cli import check, expire, info, migrate, prune, transfer, troubleshoot, values
 from statectl.cli.app import app
 from statectl.errors import ExitCode, StatectlError
 
 # Each module holds one group of commands on its own Typer app; --help lists them in this order:
-# get, put, ls, rm, clear (values), migrate, prune, check, where, doctor (troubleshoot), config (info).
-COMMAND_GROUPS = (values.app, migrate.app, prune.app, check.app, troubleshoot.app, info.app)
+# get, put, ls, rm, clear (values), export, import, cp, mv (transfer), migrate, prune, expire, check,
+# where, doctor (troubleshoot), config (info).
+COMMAND_GROUPS = (
+    values.app,
+    transfer.app,
+    migrate.app,
+    prune.app,
+    expire.app,
+    check.app,
+    troubleshoot.app,
+    info.app,
+)
 for group in COMMAND_GROUPS:
     app.add_typer(group)
 
