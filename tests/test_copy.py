@@ -25,7 +25,7 @@ import pytest
 from statectl.core.layout import ASSETS_FOLDER, quote_segment
 from statectl.errors import ExitCode
 from tests.cli_support import STATECTL, Result, core_store, db_snapshot, files_snapshot, statectl
-from tests.infra import AirflowEnv, WorkerBucketSeed, seed_worker_bucket, worker_bucket_copy
+from tests.infra import AirflowEnv, S3Bucket, WorkerBucketSeed, run_dag, seed_worker_bucket, worker_bucket_copy
 from tests.migrate_support import provider, ref_url, same, worker_read
 from tests.transfer_support import (
     ASSET_VALUES,
@@ -188,6 +188,32 @@ def test_cp_to_asset_for_a_renamed_asset(deployment: tuple[AirflowEnv, dict[str,
     provider_reads(env, copied, ASSET_VALUES, asset=True)
     objects = {str(p) for p in objects_under(home, ASSETS_FOLDER, quote_segment(RENAMED_ASSET))}
     assert {ref_url(t) for t in copied.values() if ref_url(t)} == {f"file://{p}" for p in objects} != set()
+
+
+@pytest.mark.slow
+def test_mv_to_dag_on_postgres_and_s3(pg_airflow_home: AirflowEnv, s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    home = pg_airflow_home
+    env = {**home.with_backend(s3_bucket.url("state"), THRESHOLD, "gzip"), **s3_bucket.conn_env}
+    run_dag(env, writer_dag(DAG, ASSET_NAME, ASSET_URI), tmp_path)
+    written = s3_bucket.keys()
+    old_keys = {k for k in written if k.startswith(f"state/{DAG}/")}
+    assert old_keys
+    marker = "STATECTL_RENAMED_S3_OK"
+    dag = acting_reader_dag(
+        RENAMED_DAG,
+        [(ASSET_NAME, ASSET_URI)],
+        [[STATECTL, "mv", "--dag", DAG, "--to-dag", RENAMED_DAG, "--yes"]],
+        task_values=TASK_VALUES,
+        mapped_values=MAPPED_VALUES,
+        asset_values=ASSET_VALUES,
+        marker=marker,
+    )
+    run_acting_reader(env, dag, tmp_path, marker, readers=1 + len(MAPPED_VALUES))
+    assert task_rows_of(home, DAG) == {}
+    keys = set(s3_bucket.keys())
+    assert not keys & old_keys, "the old dag's objects are deleted"
+    assert any(k.startswith(f"state/{RENAMED_DAG}/") for k in keys)
+    provider_reads(env, task_rows_of(home, RENAMED_DAG), task_values())
 
 
 # --------------------------------------------------------------------------- nothing lost

@@ -183,6 +183,16 @@ def test_export_import_between_postgres_deployments_on_s3(
         tgt_env = {**tgt.with_backend(s3_bucket.url("target"), TARGET_THRESHOLD, None), **s3_bucket.conn_env}
         run_dag(src_env, writer_dag(DAG, ASSET_NAME, ASSET_URI), tmp_path)
         _into_a_fresh_deployment(src, src_env, tgt, tgt_env, tmp_path)
+        # Overwrite on PostgreSQL: the batched conditional replaces of task and asset rows.
+        scope = ["--dag", DAG, "--run", run_id_of(tgt), "--task", "writer"]
+        run(tgt_env, "put", "big", '"changed"', *scope)
+        run(tgt_env, "put", "tiny", '{"changed": "' + "c" * 40 + '"}', "--asset", ASSET_NAME)
+        replaced = run(
+            tgt_env, "import", str(tmp_path / "state.jsonl.gz"), "--yes", "--on-conflict", "overwrite", "-o", "json"
+        ).json()
+        assert replaced["outcomes"]["overwrite"]["count"] == 2 and replaced["outcomes"]["same"]["count"] == KEYS - 2
+        assert replaced["objects_deleted"] == 1  # the asset's 'tiny' object: the snapshot's value is inline
+        assert_rows_are_the_providers(tgt, tgt_env)
         keys = s3_bucket.keys()
         assert any(k.startswith("target/") for k in keys) and not any(
             k.startswith("target/") and k.endswith(".gz") for k in keys
