@@ -239,6 +239,11 @@ def test_export_to_stdout_with_filters_and_import_from_stdin(
     source: tuple[AirflowEnv, dict[str, str]], tmp_path: Path
 ) -> None:
     src, src_env = source
+    planned = tmp_path / "planned.jsonl"
+    dry = run(src_env, "export", "--dry-run", "--file", str(planned), "-o", "json").json()
+    objects = sum(1 for text in state_rows(src).values() if '"file://' in text)
+    assert (dry["dry_run"], dry["keys"], dry["objects_read"]) == (True, KEYS, objects) and objects > 0
+    assert not planned.exists()
     mapped = run(src_env, "export", "--dag", DAG, "--task", "mapped")
     lines = [json.loads(line) for line in mapped.stdout.splitlines()]
     assert lines[0]["selection"] == {"dag_id": DAG, "task_id": "mapped", "tasks": True, "assets": False}

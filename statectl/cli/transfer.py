@@ -90,12 +90,15 @@ def export_cli(
     ] = "-",
     batch_size: BatchSize = 500,
     concurrency: Concurrency = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count what would be exported; read no object, write no file.")
+    ] = False,
     output: opt.OutputOpt = None,
 ) -> int:
     """Write the selected state as a snapshot: a JSON Lines header, then one line per key with its decoded
     value, expiry, where it lived and a sha256. Unreadable values are lines that say so (exit 8)."""
     from statectl.core.filters import filter_from_flags
-    from statectl.ops.snapshot import ExportOptions, run_export, snapshot_writer
+    from statectl.ops.snapshot import ExportOptions, plan_export, run_export, snapshot_writer
 
     flt = filter_from_flags(
         ScopeFlags(dag, run, task, map_index, asset, asset_uri), assets=assets, tasks=tasks, expired=expired
@@ -103,6 +106,18 @@ def export_cli(
     options = ExportOptions(flt, key_glob=key, batch_size=batch_size)
     options.check()
     to_stdout = file == "-"
+    if dry_run:
+        with open_store(ctx, concurrency=concurrency) as store:
+            plan = plan_export(store, options, file)
+        document = plan.as_dict()
+        if (output or default_output(sys.stdout)) in (Output.json, Output.jsonl):
+            sys.stdout.write(dumps(document) + "\n")
+        else:
+            err(
+                f"would export {plan.keys} key(s) ({plan.task_keys} task, {plan.asset_keys} asset; "
+                f"{plan.objects_read} object(s) to read); dry run: nothing written"
+            )
+        return int(plan.exit_code)
     if to_stdout and sys.stdout.isatty():
         raise UsageError("refusing to write a snapshot to a terminal: give --file PATH, or redirect stdout")
     path = None if to_stdout else Path(file)

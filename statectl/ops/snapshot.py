@@ -105,6 +105,7 @@ class ExportOptions:
 @dataclass
 class ExportReport:
     destination: str
+    dry_run: bool = False
     keys: int = 0
     task_keys: int = 0
     asset_keys: int = 0
@@ -119,6 +120,7 @@ class ExportReport:
     def as_dict(self) -> dict[str, Any]:
         return {
             "file": self.destination,
+            "dry_run": self.dry_run,
             "keys": self.keys,
             "task_keys": self.task_keys,
             "asset_keys": self.asset_keys,
@@ -155,6 +157,20 @@ def _selection(flt: RowFilter, key_glob: str | None) -> dict[str, Any]:
         "key": key_glob,
     }
     return {k: v for k, v in chosen.items() if v is not None}
+
+
+def plan_export(store: StateStore, options: ExportOptions, destination: str = "-") -> ExportReport:
+    """What an export would write (keys, and objects to read), from the rows alone: no object is read."""
+    options.check()
+    store.metastore.check_schema()
+    report = ExportReport(destination, dry_run=True)
+    for batch in _batches(store, options.flt, options.key_glob, options.batch_size):
+        for row in batch:
+            report.keys += 1
+            report.task_keys += isinstance(row.scope, TaskScope)
+            report.objects_read += codec.classify(row.value).object_url is not None
+    report.asset_keys = report.keys - report.task_keys
+    return report
 
 
 def run_export(
