@@ -542,25 +542,12 @@ class Metastore:
         now = utcnow()
         values = [(row_id, changes[i][0].value, changes[i][1], now) for row_id, i in by_id.items()]
 
-        def pages() -> Iterator[list[tuple[int, str, str, datetime]]]:
-            # Statements of at most ~8 MB of values or _BATCH_ROWS rows.
-            page: list[tuple[int, str, str, datetime]] = []
-            page_bytes = 0
-            for value in values:
-                page.append(value)
-                page_bytes += len(value[1]) + len(value[2])
-                if page_bytes > 8_000_000 or len(page) >= _BATCH_ROWS:
-                    yield page
-                    page, page_bytes = [], 0
-            if page:
-                yield page
-
         sql = (
             "UPDATE task_state_store AS t SET value = v.new, updated_at = v.at "
             "FROM (VALUES %s) AS v(id, old, new, at) WHERE t.id = v.id AND t.value = v.old RETURNING t.id"
         )
         template = "(%s::integer, %s::text, %s::text, %s::timestamptz)"
-        for row_id in self._execute_values(sql, template, pages()):
+        for row_id in self._execute_values(sql, template, _pages(values)):
             updated[by_id[row_id]] = True
         return updated
 
@@ -602,10 +589,7 @@ class Metastore:
             f"WHERE t.id = v.id AND t.value = v.old{condition} RETURNING t.id"
         )
         template = "(%s::integer, %s::text, %s::timestamptz)"
-        pages = (
-            [(r.row_id, r.value, still_expired_at) for r in rows[start : start + _BATCH_ROWS]]
-            for start in range(0, len(rows), _BATCH_ROWS)
-        )
+        pages = _pages([(r.row_id, r.value, still_expired_at) for r in rows])
         return [by_id[row_id] for row_id in self._execute_values(sql, template, pages)]
 
     def _execute_values(self, sql: str, template: str, pages: Iterable[Sequence[tuple[Any, ...]]]) -> list[int]:
@@ -930,23 +914,12 @@ class Metastore:
             self.commit()
             return updated
 
-        def pages() -> Iterator[list[tuple[int, str, Any]]]:
-            page: list[tuple[int, str, Any]] = []
-            page_bytes = 0
-            for row_id, row in by_id.items():
-                page.append((row_id, row.value, when))
-                page_bytes += len(row.value)
-                if page_bytes > 8_000_000 or len(page) >= _BATCH_ROWS:
-                    yield page
-                    page, page_bytes = [], 0
-            if page:
-                yield page
-
         sql = (
             "UPDATE task_state_store AS t SET expires_at = v.expires FROM (VALUES %s) AS v(id, old, expires) "
             "WHERE t.id = v.id AND t.value = v.old RETURNING t.id"
         )
         template = "(%s::integer, %s::text, %s::timestamptz)"
-        updated = [by_id[row_id] for row_id in self._execute_values(sql, template, pages())]
+        values = [(row_id, row.value, when) for row_id, row in by_id.items()]
+        updated = [by_id[row_id] for row_id in self._execute_values(sql, template, _pages(values))]
         self.commit()
         return updated
