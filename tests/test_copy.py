@@ -109,6 +109,22 @@ def task_values() -> dict[tuple[str, int, str], Any]:
 # --------------------------------------------------------------------------- read by real workers
 
 
+def renamed_dag_moves_and_reads(env: dict[str, str], tmp_path: Path) -> None:
+    """A run of the renamed DAG at the old run's logical date (so the same run_id) moves the old DAG's
+    state into itself from inside its task, then every task instance reads it through the worker."""
+    marker = "STATECTL_RENAMED_OK"
+    dag = acting_reader_dag(
+        RENAMED_DAG,
+        [(ASSET_NAME, ASSET_URI)],
+        [[STATECTL, "mv", "--dag", DAG, "--to-dag", RENAMED_DAG, "--yes"]],
+        task_values=TASK_VALUES,
+        mapped_values=MAPPED_VALUES,
+        asset_values=ASSET_VALUES,
+        marker=marker,
+    )
+    run_acting_reader(env, dag, tmp_path, marker, readers=1 + len(MAPPED_VALUES))
+
+
 def test_cp_to_run_resumes_a_new_run_from_the_last(
     deployment: tuple[AirflowEnv, dict[str, str]], tmp_path: Path
 ) -> None:
@@ -147,17 +163,7 @@ def test_mv_to_dag_for_a_renamed_dag(deployment: tuple[AirflowEnv, dict[str, str
     run_id = run_id_of(home)
     source_assets = asset_rows_of(home, ASSET_NAME)
     assert objects_under(home, DAG)
-    marker = "STATECTL_RENAMED_OK"
-    dag = acting_reader_dag(
-        RENAMED_DAG,
-        [(ASSET_NAME, ASSET_URI)],
-        [[STATECTL, "mv", "--dag", DAG, "--to-dag", RENAMED_DAG, "--yes"]],
-        task_values=TASK_VALUES,
-        mapped_values=MAPPED_VALUES,
-        asset_values=ASSET_VALUES,
-        marker=marker,
-    )
-    run_acting_reader(env, dag, tmp_path, marker, readers=1 + len(MAPPED_VALUES))
+    renamed_dag_moves_and_reads(env, tmp_path)
     assert run_id_of(home, RENAMED_DAG) == run_id
     assert task_rows_of(home, DAG) == {}
     assert objects_under(home, DAG) == [], "the old dag's objects are deleted"
@@ -198,17 +204,7 @@ def test_mv_to_dag_on_postgres_and_s3(pg_airflow_home: AirflowEnv, s3_bucket: S3
     written = s3_bucket.keys()
     old_keys = {k for k in written if k.startswith(f"state/{DAG}/")}
     assert old_keys
-    marker = "STATECTL_RENAMED_S3_OK"
-    dag = acting_reader_dag(
-        RENAMED_DAG,
-        [(ASSET_NAME, ASSET_URI)],
-        [[STATECTL, "mv", "--dag", DAG, "--to-dag", RENAMED_DAG, "--yes"]],
-        task_values=TASK_VALUES,
-        mapped_values=MAPPED_VALUES,
-        asset_values=ASSET_VALUES,
-        marker=marker,
-    )
-    run_acting_reader(env, dag, tmp_path, marker, readers=1 + len(MAPPED_VALUES))
+    renamed_dag_moves_and_reads(env, tmp_path)
     assert task_rows_of(home, DAG) == {}
     keys = set(s3_bucket.keys())
     assert not keys & old_keys, "the old dag's objects are deleted"
