@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -54,8 +55,7 @@ def snapshot_writer(path: Path | None, stdout: IO[str]) -> Iterator[IO[str]]:
     except OSError as e:
         raise UsageError(f"cannot write --file {path}: {e.strerror or e}") from None
     try:
-        # mtime=0: the same state exports to the same bytes.
-        binary: Any = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if path.name.endswith(".gz") else raw
+        binary: Any = io.BufferedWriter(_GzipOffThread(raw), 1 << 20) if path.name.endswith(".gz") else raw
         with io.TextIOWrapper(binary, encoding="utf-8", newline="\n") as text:
             yield text
         raw.close()
@@ -64,6 +64,40 @@ def snapshot_writer(path: Path | None, stdout: IO[str]) -> Iterator[IO[str]]:
         raw.close()
         partial.unlink(missing_ok=True)
         raise
+
+
+class _GzipOffThread(io.RawIOBase):
+    """gzip in a thread of its own (zlib releases the GIL), so that compressing the snapshot overlaps
+    the export's object reads and JSON. Level 6, gzip's own default: level 9 took twice the time for a
+    snapshot 1% smaller. mtime=0: the same state exports to the same bytes."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._gzip = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6)
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="statectl-gzip")
+        self._pending: deque[Future[int]] = deque()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        chunk = bytes(data)
+        while len(self._pending) >= 4:  # at most a few chunks in memory
+            self._pending.popleft().result()
+        self._pending.append(self._thread.submit(self._gzip.write, chunk))
+        return len(chunk)
+
+    def flush(self) -> None:
+        while self._pending:
+            self._pending.popleft().result()
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self.flush()
+                self._gzip.close()
+            finally:
+                self._thread.shutdown()
+                super().close()
 
 
 def iter_snapshot(path: Path) -> Iterator[tuple[int, str]]:
