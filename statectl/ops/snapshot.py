@@ -29,6 +29,7 @@ from statectl.core.snapshot import GZIP_MAGIC, Record, header_line, parse_header
 from statectl.errors import DataError, ExitCode, StatectlError, UsageError
 from statectl.ops.ingest import Incoming, Ingest, IngestReport, OnConflict, run_ingest
 from statectl.ops.read import read_values
+from statectl.ops.readahead import read_ahead
 from statectl.ops.report import Confirm, Progress
 from statectl.ops.write import Expiry
 from statectl.stores.bucket import Result
@@ -352,6 +353,9 @@ def run_import(
     ingest = Ingest(store, "import", options.on_conflict, options.expiry)
     store.check_reachable(ingest.base)
     header: dict[str, Any] = {}
-    report = run_ingest(ingest, lambda: _records(options, header), dry_run=dry_run, confirm=confirm, progress=progress)
+    # The snapshot is parsed and checked a batch ahead, while the current batch's objects upload.
+    report = run_ingest(
+        ingest, lambda: read_ahead(_records(options, header)), dry_run=dry_run, confirm=confirm, progress=progress
+    )
     report.header = {k: header.get(k) for k in ("exported_at", "statectl_version", "airflow_version", "source")}
     return report
