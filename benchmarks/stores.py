@@ -6,6 +6,11 @@ the requests it serves by HTTP method and a coarse kind (list, upload, download,
   do) through a ``google_cloud_platform`` connection (anonymous, ``gcs.endpoint``, ``project``); its
   http.server request handler is replaced by a subclass that counts each request it parses. Its bucket keeps
   no soft-deleted objects and it does not re-serialise all metadata on every write (see GcsStore.start).
+- ``s3-latency``: moto's S3 behind benchmarks/latency_bed.py's middleware (a thread of this process): every request
+  delayed (20 ms, 60 ms per listing page / bulk delete), optionally failed at a seeded fraction; reached through an
+  ``aws`` connection like ``s3``. The harness's own set-up traffic goes to the same moto undelayed (uncounted).
+  Tuned by start_store's keywords or, for the benchmarks, ``STATECTL_BENCH_S3_OP_MS``, ``..._LIST_MS``,
+  ``..._FAULT_FRACTION``, ``..._FAULT_SEED``, ``..._FAULT_KINDS`` (comma-separated), ``..._FAULT_TIMEOUT_S``.
 - ``azure``: Azurite (``azurite-blob``, node, in memory) through a ``wasb`` connection with a
   ``connection_string``. Azurite is another process, so the connection string points at a small counting
   reverse proxy on 127.0.0.1 (a threaded http.server in this process) that forwards every request to it.
@@ -32,7 +37,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-STORES = ("s3", "gcs", "azure")
+STORES = ("s3", "gcs", "azure", "s3-latency")
 Kind = tuple[str, str]  # (HTTP method, coarse kind)
 
 __all__ = ["STORES", "RequestCounter", "Store", "by_kind", "by_method", "per_object", "start_store"]
@@ -254,6 +259,57 @@ class S3Store(Store):
 
     def floor_spec(self) -> dict[str, Any]:
         return {"store": "s3", "endpoint": self.s3.endpoint_url, "bucket": self.bucket}
+
+
+class S3LatencyStore(S3Store):
+    """moto's S3 with a real store's latency (and optional faults): benchmarks/latency_bed.py."""
+
+    name, scheme = "s3-latency", "s3"
+    ENV = "STATECTL_BENCH_S3_"
+
+    def __init__(
+        self,
+        op_ms: float | None = None,
+        list_ms: float | None = None,
+        fault_fraction: float | None = None,
+        fault_seed: int | None = None,
+        fault_kinds: tuple[str, ...] | None = None,
+        fault_timeout_s: float | None = None,
+    ) -> None:
+        super().__init__()
+        env = os.environ.get
+        self.op_ms = op_ms if op_ms is not None else float(env(self.ENV + "OP_MS", "20"))
+        self.list_ms = list_ms if list_ms is not None else float(env(self.ENV + "LIST_MS", "60"))
+        fraction = fault_fraction if fault_fraction is not None else float(env(self.ENV + "FAULT_FRACTION", "0"))
+        self.faults: Any = None
+        if fraction > 0:
+            from benchmarks.latency_bed import FAULT_KINDS, FaultPlan
+
+            kinds = fault_kinds or tuple(env(self.ENV + "FAULT_KINDS", ",".join(FAULT_KINDS)).split(","))
+            self.faults = FaultPlan(
+                fraction,
+                fault_seed if fault_seed is not None else int(env(self.ENV + "FAULT_SEED", "0")),
+                kinds,
+                fault_timeout_s if fault_timeout_s is not None else float(env(self.ENV + "FAULT_TIMEOUT_S", "61")),
+            )
+        self.label = f"moto S3 + {self.op_ms:g} ms per request, {self.list_ms:g} ms per listing page / bulk delete"
+        if self.faults is not None:
+            self.label += f", faults on {fraction:g} of requests ({', '.join(self.faults.kinds)})"
+
+    def start(self, workdir: Path) -> None:
+        from benchmarks.latency_bed import LatencyS3
+        from tests.infra import create_s3_bucket, s3_conn_env
+
+        self.bed = LatencyS3(self.op_ms, self.list_ms, self.faults, self.requests)
+        self._on_close(self.bed.stop)
+        self.s3 = create_s3_bucket(self.bed.direct_url)  # the harness: undelayed, uncounted, never faulted
+        self.bucket, self.conn_id = self.s3.bucket, self.s3.conn_id
+        self.endpoint_url = self.bed.endpoint_url
+        self.conn_env = s3_conn_env(self.endpoint_url, self.conn_id)  # the tools: through the delays
+        self._client = self.s3.client()
+
+    def floor_spec(self) -> dict[str, Any]:
+        return {"store": "s3", "endpoint": self.endpoint_url, "bucket": self.bucket}
 
 
 def _counting_gcs_handler(counter: RequestCounter) -> type[BaseHTTPRequestHandler]:
@@ -499,13 +555,14 @@ class AzureStore(Store):
         return {"store": "azure", "connection_string": self.connection_string, "bucket": self.bucket}
 
 
-def start_store(name: str, workdir: Path) -> Store:
+def start_store(name: str, workdir: Path, **options: Any) -> Store:
     """Start the named store with a fresh bucket (container); the caller closes it. A start that fails (or is
-    interrupted) stops whatever it had started."""
-    kinds: dict[str, type[Store]] = {"s3": S3Store, "gcs": GcsStore, "azure": AzureStore}
+    interrupted) stops whatever it had started. ``options`` go to the store's constructor (s3-latency's: op_ms,
+    list_ms, fault_fraction, fault_seed, fault_kinds, fault_timeout_s)."""
+    kinds: dict[str, type[Store]] = {"s3": S3Store, "gcs": GcsStore, "azure": AzureStore, "s3-latency": S3LatencyStore}
     if name not in kinds:
         raise ValueError(f"unknown store {name!r}: one of {', '.join(STORES)}")
-    store = kinds[name]()
+    store = kinds[name](**options)
     try:
         store.start(workdir)
     except BaseException:
