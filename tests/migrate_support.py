@@ -9,11 +9,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
 
+from tests.cli_support import ASSET, DAG_ID, MAPPED, TASK
 from tests.infra import AirflowEnv
 
 REF_KEY = "__airflow_state_ref__"
@@ -138,3 +140,48 @@ def core_values(environ: dict[str, str]) -> dict[RowKey, Any]:
 def same(got: Any, want: Any) -> bool:
     """Equal and of the same JSON types (1 vs 1.0 vs True)."""
     return got == want and json.dumps(got) == json.dumps(want)
+
+
+# -- many plain rows, for the kill tests ----------------------------------------------------------
+N_TASK_ROWS = 1900
+N_ASSET_ROWS = 100
+THRESHOLD = 256
+SIZES = (5, 60, 240, 300, 1200, 5000)  # below and above the threshold
+
+
+def value_for(i: int) -> Any:
+    pad = SIZES[i % len(SIZES)]
+    return {"i": i, "pad": "x" * pad} if i % 3 else ["v", i, "y" * pad]
+
+
+def seed_rows(home: AirflowEnv) -> dict[RowKey, Any]:
+    """Insert task and asset rows the way the server stores them without a worker backend."""
+    assert home.db_path is not None
+    expected: dict[RowKey, Any] = {}
+    now = "2026-01-01 00:00:00.000000"
+    with sqlite3.connect(home.db_path) as conn:
+        (dag_run_id, run_id) = conn.execute("SELECT id, run_id FROM dag_run WHERE dag_id = ?", (DAG_ID,)).fetchone()
+        (asset_id,) = conn.execute("SELECT id FROM asset WHERE name = ?", (ASSET,)).fetchone()
+        scopes = [(TASK, -1), (MAPPED, 0), (MAPPED, 1), (MAPPED, 2)]
+        task_rows = []
+        for i in range(N_TASK_ROWS):
+            task_id, map_index = scopes[i % len(scopes)]
+            key = f"key/{i:05d}:x"
+            expected[(task_id, map_index, key)] = value_for(i)
+            task_rows.append((dag_run_id, task_id, map_index, key, DAG_ID, run_id, json.dumps(value_for(i)), now))
+        conn.executemany(
+            'INSERT INTO task_state_store (dag_run_id, task_id, map_index, "key", dag_id, run_id, value, updated_at) '
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            task_rows,
+        )
+        asset_rows = []
+        for i in range(N_ASSET_ROWS):
+            key = f"asset key {i:04d}"
+            expected[(None, -1, key)] = value_for(10_000 + i)
+            asset_rows.append((asset_id, key, json.dumps(value_for(10_000 + i)), now))
+        conn.executemany(
+            'INSERT INTO asset_state_store (asset_id, "key", value, updated_at, last_updated_by_kind) '
+            "VALUES (?, ?, ?, ?, 'api')",
+            asset_rows,
+        )
+    return expected

@@ -41,27 +41,30 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.cli_support import ASSET, DAG_ID, MAPPED, STATECTL, TASK, db_snapshot, files_snapshot, statectl
+from tests.cli_support import DAG_ID, STATECTL, db_snapshot, files_snapshot, statectl
 from tests.infra import AirflowEnv
-from tests.migrate_support import REF_KEY, RowKey, core_values, provider, ref_url, same, worker_read
+from tests.migrate_support import (
+    N_ASSET_ROWS,
+    N_TASK_ROWS,
+    REF_KEY,
+    THRESHOLD,
+    RowKey,
+    core_values,
+    provider,
+    ref_url,
+    same,
+    seed_rows,
+    worker_read,
+)
 
 pytest_plugins = ["tests.cli_support"]
 
-N_TASK_ROWS = 1900
-N_ASSET_ROWS = 100
 TOTAL = N_TASK_ROWS + N_ASSET_ROWS
-THRESHOLD = 256
-SIZES = (5, 60, 240, 300, 1200, 5000)  # below and above the threshold
 BATCH = ["--batch-size", "50", "--concurrency", "4"]
 R2 = "manual__statectl_kill_target"
 
 # (run_id or None for an asset row, (task_id or None, map_index, key))
 Where = tuple[str | None, RowKey]
-
-
-def value_for(i: int) -> Any:
-    pad = SIZES[i % len(SIZES)]
-    return {"i": i, "pad": "x" * pad} if i % 3 else ["v", i, "y" * pad]
 
 
 # --------------------------------------------------------------------------- set-up
@@ -70,34 +73,7 @@ def value_for(i: int) -> Any:
 def seed_worker_form(home: AirflowEnv, env: dict[str, str]) -> dict[RowKey, Any]:
     """Plain JSON rows inserted with sqlite3, then `migrate to-bucket`: the state as workers with the
     backend would have written it. Task rows in insertion (= id) order, then the asset rows."""
-    assert home.db_path is not None
-    expected: dict[RowKey, Any] = {}
-    now = "2026-01-01 00:00:00.000000"
-    with sqlite3.connect(home.db_path) as conn:
-        (dag_run_id, run_id) = conn.execute("SELECT id, run_id FROM dag_run WHERE dag_id = ?", (DAG_ID,)).fetchone()
-        (asset_id,) = conn.execute("SELECT id FROM asset WHERE name = ?", (ASSET,)).fetchone()
-        scopes = [(TASK, -1), (MAPPED, 0), (MAPPED, 1), (MAPPED, 2)]
-        task_rows = []
-        for i in range(N_TASK_ROWS):
-            task_id, map_index = scopes[i % len(scopes)]
-            key = f"key/{i:05d}:x"
-            expected[(task_id, map_index, key)] = value_for(i)
-            task_rows.append((dag_run_id, task_id, map_index, key, DAG_ID, run_id, json.dumps(value_for(i)), now))
-        conn.executemany(
-            'INSERT INTO task_state_store (dag_run_id, task_id, map_index, "key", dag_id, run_id, value, updated_at) '
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            task_rows,
-        )
-        asset_rows = []
-        for i in range(N_ASSET_ROWS):
-            key = f"asset key {i:04d}"
-            expected[(None, -1, key)] = value_for(10_000 + i)
-            asset_rows.append((asset_id, key, json.dumps(value_for(10_000 + i)), now))
-        conn.executemany(
-            'INSERT INTO asset_state_store (asset_id, "key", value, updated_at, last_updated_by_kind) '
-            "VALUES (?, ?, ?, ?, 'api')",
-            asset_rows,
-        )
+    expected = seed_rows(home)
     done = statectl(env, "migrate", "to-bucket", "--yes", "-o", "json")
     assert done.code == 0, str(done)
     rows = all_rows(home)
