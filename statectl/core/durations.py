@@ -1,9 +1,10 @@
-"""Durations as operators write them (30s, 15m, 6h, 7d, 2w, 1d12h), and times as reports show them."""
+"""Durations and times as operators write them (30s, 15m, 6h, 7d, 2w, 1d12h; ISO 8601), and times as reports
+show them."""
 
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from statectl.errors import UsageError
 
@@ -22,6 +23,15 @@ def parse_duration(text: str, what: str = "duration") -> timedelta:
     if total <= timedelta(0):
         raise UsageError(f"{what} must be longer than zero")
     return total
+
+
+def parse_timestamp(text: str, what: str = "--at") -> datetime:
+    """An ISO 8601 time (2026-12-01T00:00:00Z, an offset like +02:00, or a date); without an offset, UTC."""
+    try:
+        parsed = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise UsageError(f"{what} {text!r} is not an ISO 8601 time like 2026-12-01T00:00:00Z") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def iso(value: datetime | None) -> str | None:

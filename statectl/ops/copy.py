@@ -19,6 +19,8 @@ from statectl.ops.ingest import Incoming, Ingest, IngestReport, OnConflict, run_
 from statectl.ops.read import read_values
 from statectl.ops.report import Confirm, Progress
 from statectl.ops.write import Expiry
+from statectl.stores.bucket import Result
+from statectl.stores.metastore import StateRow
 from statectl.stores.store import StateStore
 
 DEFAULT_BATCH = 500
@@ -154,7 +156,7 @@ class _Copy:
             values = read_values(self.store, rows)
             yield [self._incoming(row, value) for row, value in zip(rows, values, strict=True)]
 
-    def _incoming(self, row: Any, value: Any) -> Incoming:
+    def _incoming(self, row: StateRow, value: Result[Any]) -> Incoming:
         error = value.message if isinstance(value, StatectlError) else None
         return Incoming(
             self.target(row.scope),

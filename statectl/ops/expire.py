@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from statectl.core.durations import iso, parse_duration
+from statectl.core.durations import iso, parse_duration, parse_timestamp
 from statectl.core.filters import RowFilter, filter_from_flags, utcnow
 from statectl.core.scopes import ScopeFlags, TaskScope, check_key
 from statectl.errors import ExitCode, NotFoundError, StatectlError, UsageError
@@ -36,15 +36,6 @@ FIRST_ENTRIES = 20
 PLANNING = "planning"
 EXPIRING = "rows given the new expiry"
 _CHOICES = "--ttl, --at, --never-expire or --now"
-
-
-def parse_timestamp(text: str, what: str = "--at") -> datetime:
-    """An ISO 8601 time (2026-12-01T00:00:00Z, an offset like +02:00, or a date); without an offset, UTC."""
-    try:
-        parsed = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise UsageError(f"{what} {text!r} is not an ISO 8601 time like 2026-12-01T00:00:00Z") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
