@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from statectl.ops.readahead import read_ahead
+from statectl.core.readahead import read_ahead
 
 
 def numbers(count: int, fail_at: int | None = None) -> Iterator[int]:

@@ -29,6 +29,7 @@ def check_cli(
     asset_uri: opt.AssetUri = None,
     assets: opt.Assets = False,
     tasks: opt.Tasks = False,
+    shard: opt.ShardOpt = None,
     grace: Annotated[
         str,
         typer.Option(
@@ -55,7 +56,9 @@ def check_cli(
     from statectl.core.filters import filter_from_flags
     from statectl.ops.check import CheckOptions, run_check
 
-    flt = filter_from_flags(ScopeFlags(dag, run, task, map_index, asset, asset_uri), assets=assets, tasks=tasks)
+    flt = filter_from_flags(
+        ScopeFlags(dag, run, task, map_index, asset, asset_uri), assets=assets, tasks=tasks, shard=shard
+    )
     options = CheckOptions(flt, grace=parse_duration(grace, "--grace"), deep=deep, limit=limit, strict=strict)
     fmt = output or default_output(sys.stdout)
     with open_store(ctx) as store, ProgressDisplay(sys.stderr.isatty()) as progress:

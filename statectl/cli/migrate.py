@@ -126,6 +126,7 @@ def to_bucket_cli(
     asset_uri: opt.AssetUri = None,
     assets: opt.Assets = False,
     tasks: opt.Tasks = False,
+    shard: opt.ShardOpt = None,
     dry_run: opt.DryRun = False,
     yes: opt.Yes = False,
     batch_size: BatchSize = 500,
@@ -136,7 +137,9 @@ def to_bucket_cli(
     from statectl.core.filters import filter_from_flags
     from statectl.ops.migrate import Direction, MigrationOptions
 
-    flt = filter_from_flags(ScopeFlags(dag, run, task, map_index, asset, asset_uri), assets=assets, tasks=tasks)
+    flt = filter_from_flags(
+        ScopeFlags(dag, run, task, map_index, asset, asset_uri), assets=assets, tasks=tasks, shard=shard
+    )
     options = MigrationOptions(Direction.TO_BUCKET, flt, batch_size=batch_size)
     return _run(ctx, options, dry_run=dry_run, yes=yes, concurrency=concurrency, output=output)
 
@@ -152,6 +155,7 @@ def to_metastore_cli(
     asset_uri: opt.AssetUri = None,
     assets: opt.Assets = False,
     tasks: opt.Tasks = False,
+    shard: opt.ShardOpt = None,
     keep_objects: Annotated[
         bool, typer.Option("--keep-objects", help="Keep the objects after the rows hold the values.")
     ] = False,
@@ -165,7 +169,9 @@ def to_metastore_cli(
     from statectl.core.filters import filter_from_flags
     from statectl.ops.migrate import Direction, MigrationOptions
 
-    flt = filter_from_flags(ScopeFlags(dag, run, task, map_index, asset, asset_uri), assets=assets, tasks=tasks)
+    flt = filter_from_flags(
+        ScopeFlags(dag, run, task, map_index, asset, asset_uri), assets=assets, tasks=tasks, shard=shard
+    )
     options = MigrationOptions(Direction.TO_METASTORE, flt, keep_objects=keep_objects, batch_size=batch_size)
     return _run(ctx, options, dry_run=dry_run, yes=yes, concurrency=concurrency, output=output)
 
@@ -185,6 +191,7 @@ def relocate_cli(
     asset_uri: opt.AssetUri = None,
     assets: opt.Assets = False,
     tasks: opt.Tasks = False,
+    shard: opt.ShardOpt = None,
     dry_run: opt.DryRun = False,
     yes: opt.Yes = False,
     batch_size: BatchSize = 500,
@@ -197,6 +204,8 @@ def relocate_cli(
 
     if compression is not None and compression.lower() in ("", "none"):
         compression = ""  # uncompressed
-    flt = filter_from_flags(ScopeFlags(dag, run, task, map_index, asset, asset_uri), assets=assets, tasks=tasks)
+    flt = filter_from_flags(
+        ScopeFlags(dag, run, task, map_index, asset, asset_uri), assets=assets, tasks=tasks, shard=shard
+    )
     options = MigrationOptions(Direction.RELOCATE, flt, to=to, compression=compression, batch_size=batch_size)
     return _run(ctx, options, dry_run=dry_run, yes=yes, concurrency=concurrency, output=output)

@@ -24,6 +24,15 @@ OutputOpt = Annotated[
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Show what would change and change nothing.")]
 Assets = Annotated[bool, typer.Option("--assets", help="Only asset state.")]
 Tasks = Annotated[bool, typer.Option("--tasks", help="Only task state.")]
+ShardOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--shard",
+        help="Only shard I of N (e.g. 0/4): the task state of the dags whose hash mod N is I and the objects "
+        "in their folders; asset state is shard 0's. The N shards together are one unsharded run.",
+        metavar="I/N",
+    ),
+]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Run without asking (cron, scripts).")]
 
 

@@ -27,6 +27,7 @@ def prune_cli(
     map_index: opt.MapIndex = None,
     asset: opt.Asset = None,
     asset_uri: opt.AssetUri = None,
+    shard: opt.ShardOpt = None,
     no_orphans: Annotated[bool, typer.Option("--no-orphans", help="Do not look for orphan objects.")] = False,
     grace: Annotated[
         str,
@@ -67,7 +68,7 @@ def prune_cli(
     from statectl.core.filters import filter_from_flags
     from statectl.ops.prune import PruneOptions, run_prune
 
-    flt = filter_from_flags(ScopeFlags(dag, run, task, map_index, asset, asset_uri))
+    flt = filter_from_flags(ScopeFlags(dag, run, task, map_index, asset, asset_uri), shard=shard)
     options = PruneOptions(
         flt=flt,
         orphans=not no_orphans,

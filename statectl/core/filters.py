@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from statectl.core.scopes import AssetScope, Scope, ScopeFlags, TaskScope
+from statectl.core.shards import Shard
 from statectl.errors import UsageError
 
 
@@ -24,6 +25,12 @@ class RowFilter:
     tasks: bool = True
     assets: bool = True
     expired_before: datetime | None = None  # only task rows with expires_at < this
+    shard: Shard | None = None  # only the task state of the shard's dags (asset state: shard 0)
+
+    @property
+    def shard_label(self) -> str | None:
+        """``I/N`` as reports show it; None when not sharded."""
+        return None if self.shard is None else str(self.shard)
 
     @property
     def wants_tasks(self) -> bool:
@@ -32,7 +39,12 @@ class RowFilter:
     @property
     def wants_assets(self) -> bool:
         has_task_filter = any(v is not None for v in (self.dag_id, self.run_id, self.task_id, self.map_index))
-        return self.assets and not has_task_filter and self.expired_before is None
+        return (
+            self.assets
+            and not has_task_filter
+            and self.expired_before is None
+            and (self.shard is None or self.shard.owns_assets)
+        )
 
     def selects(self, scope: Scope, expires_at: datetime | None = None) -> bool:
         """Whether a row of this scope (and expiry) is one the filter selects: the query's WHERE, in Python."""
@@ -42,8 +54,10 @@ class RowFilter:
             if self.expired_before is not None and (expires_at is None or expires_at >= self.expired_before):
                 return False
             pairs = ((self.dag_id, scope.dag_id), (self.run_id, scope.run_id), (self.task_id, scope.task_id))
-            return all(want is None or want == have for want, have in pairs) and (
-                self.map_index is None or self.map_index == scope.map_index
+            return (
+                all(want is None or want == have for want, have in pairs)
+                and (self.map_index is None or self.map_index == scope.map_index)
+                and (self.shard is None or self.shard.owns_dag(scope.dag_id))
             )
         assert isinstance(scope, AssetScope)
         return (
@@ -54,9 +68,9 @@ class RowFilter:
 
 
 def filter_from_flags(
-    flags: ScopeFlags, *, assets: bool = False, tasks: bool = False, expired: bool = False
+    flags: ScopeFlags, *, assets: bool = False, tasks: bool = False, expired: bool = False, shard: str | None = None
 ) -> RowFilter:
-    """The rows the scope flags (and --assets, --tasks, --expired) of ls, migrate, prune and check select."""
+    """The rows the scope flags (and --assets, --tasks, --expired, --shard) of ls, migrate, prune and check select."""
     if assets and tasks:
         raise UsageError("--assets and --tasks exclude each other (give neither for both)")
     if (flags.given_asset_flags or assets) and (flags.given_task_flags or tasks or expired):
@@ -74,4 +88,5 @@ def filter_from_flags(
         tasks=not assets,
         assets=not tasks and not expired,
         expired_before=utcnow() if expired else None,
+        shard=None if shard is None else Shard.parse(shard),
     )

@@ -100,6 +100,7 @@ class CheckReport:
     limit: int
     findings: dict[str, Findings]
     strict: bool = False
+    shard: str | None = None  # --shard I/N
     locations: dict[str, int] = field(default_factory=lambda: {loc.value: 0 for loc in Location})
     per_dag: dict[str, Totals] = field(default_factory=dict)
     scan_complete: bool = True
@@ -135,6 +136,7 @@ class CheckReport:
             "ok": self.ok,
             "problems": self.problems,
             "strict": self.strict,
+            "shard": self.shard,
             "base": self.base,
             "backend": self.backend,
             "compression": self.compression,
@@ -206,6 +208,7 @@ class _Check:
             limit=options.limit,
             findings={kind: Findings(options.limit) for kind in PROBLEMS + WARNINGS + INFO},
             strict=options.strict,
+            shard=options.flt.shard_label,
         )
 
     def _totals(self, group: str) -> Totals:

@@ -125,6 +125,7 @@ class MigrationReport:
     interrupted: str | None = None
     declined: bool = False  # the plan was shown and not confirmed: nothing changed
     target: Target | None = None
+    shard: str | None = None  # --shard I/N
 
     @property
     def selected(self) -> int:
@@ -146,6 +147,7 @@ class MigrationReport:
         return {
             "direction": self.direction.value,
             "dry_run": self.dry_run,
+            "shard": self.shard,
             "actions": {k: {"rows": t.rows, "bytes": t.bytes} for k, t in self.actions.items()},
             "objects_written": self.objects_written,
             "objects_deleted": self.objects_deleted,
@@ -239,7 +241,7 @@ class Migration:
     # -- plan -----------------------------------------------------------------------
     def plan(self, progress: Progress | None = None) -> MigrationReport:
         """What would happen, from the rows (and object sizes) alone; changes nothing."""
-        report = MigrationReport(self.target.direction, dry_run=True)
+        report = MigrationReport(self.target.direction, dry_run=True, shard=self.flt.shard_label)
         for batch in self.store.metastore.iter_batches(self.flt, self.batch_size):
             items = [self.classify(row) for row in batch]
             self._measure_objects(items)
@@ -273,7 +275,7 @@ class Migration:
 
     # -- execute --------------------------------------------------------------------
     def execute(self, progress: Progress | None = None) -> MigrationReport:
-        report = MigrationReport(self.target.direction, dry_run=False)
+        report = MigrationReport(self.target.direction, dry_run=False, shard=self.flt.shard_label)
         try:
             for batch in self.store.metastore.iter_batches(self.flt, self.batch_size):
                 self._run_batch(batch, report)

@@ -122,6 +122,7 @@ class PrunePlan:
     def as_dict(self) -> dict[str, Any]:
         return {
             "at": self.at.isoformat(),
+            "shard": self.options.flt.shard_label,
             "categories": {k: t.as_dict() for k, t in self.tallies.items()},
             "deletions": self.deletions,
             "orphans_refused": self.orphans_refused,
@@ -477,7 +478,7 @@ def run_prune(
     lock_timeout: timedelta | None = None,
 ) -> PruneReport:
     """Plan, then (unless dry run, or not confirmed) execute exactly that plan under the bucket lock."""
-    from statectl.stores.lock import DEFAULT_LOCK_TIMEOUT, BucketLock
+    from statectl.stores.lock import DEFAULT_LOCK_TIMEOUT, BucketLock, prune_lock_name
 
     options.check()
     store.check_reachable(store.base)
@@ -485,7 +486,8 @@ def run_prune(
         return PruneReport(plan_prune(store, options), dry_run=True)
     lock = None
     if store.base is not None:
-        lock = BucketLock(store.buckets, store.base, timeout=lock_timeout or DEFAULT_LOCK_TIMEOUT)
+        name = prune_lock_name(options.flt.shard)
+        lock = BucketLock(store.buckets, store.base, name, timeout=lock_timeout or DEFAULT_LOCK_TIMEOUT)
         lock.acquire()
     try:
         plan = plan_prune(store, options)

@@ -69,12 +69,18 @@ class OutsideRef:
     reason: str
 
 
+def _every(name: str) -> bool:
+    return True
+
+
 @dataclass(frozen=True)
 class Region:
-    """The part of the base path a RowFilter selects: a listing prefix and a check of the segments."""
+    """The part of the base path a RowFilter selects: a listing prefix and a check of the segments;
+    with no prefix, which top-level names (dag folders, ``assets``) the listing goes into."""
 
     prefix: str
     accepts: Callable[[str], bool]
+    folders: Callable[[str], bool] = _every
 
 
 def _q(value: str, what: str) -> str:
@@ -96,7 +102,16 @@ def _task_segments(segments: list[str]) -> tuple[str, str, str, str] | None:
 
 def region_for(flt: RowFilter | None, asset_names: list[str] | None = None) -> Region:
     """Map a RowFilter to the narrowest listing prefix and a segment check (quoted as the provider
-    quotes). ``asset_names``: the names of the asset an --asset-uri filter selects."""
+    quotes), narrowed to a shard's paths. ``asset_names``: the names of the asset an --asset-uri
+    filter selects."""
+    region = _scope_region(flt, asset_names)
+    shard = flt.shard if flt is not None else None
+    if shard is None or shard.whole:
+        return region
+    return Region(region.prefix, lambda path: shard.owns_path(path) and region.accepts(path), shard.owns_path)
+
+
+def _scope_region(flt: RowFilter | None, asset_names: list[str] | None) -> Region:
     if flt is None:
         return Region("", lambda path: True)
     if flt.expired_before is not None:
@@ -270,7 +285,10 @@ class Scan:
     def _objects(self, base: ObjectURL, region: Region) -> Iterator[tuple[str, StoredObject]]:
         root = len(base.path) + 1
         last = ""
-        for listed in self.store.buckets.iter_listing(base, region.prefix):
+        buckets = self.store.buckets
+        # No prefix: the dag folders one by one, several at once on an object store.
+        listing = buckets.iter_listing_by_folder(base, region.folders) if not region.prefix else None
+        for listed in listing or buckets.iter_listing(base, region.prefix):
             relative = listed.path[root:]
             if "/" not in relative and relative.startswith(layout.RESERVED_PREFIX):
                 continue  # statectl's own lock / probe objects

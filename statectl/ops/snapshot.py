@@ -24,12 +24,12 @@ from typing import IO, Any
 from statectl import __version__
 from statectl.core import codec
 from statectl.core.filters import RowFilter, utcnow
+from statectl.core.readahead import read_ahead
 from statectl.core.scopes import AssetScope, TaskScope
 from statectl.core.snapshot import GZIP_MAGIC, Record, header_line, parse_header, parse_line
 from statectl.errors import DataError, ExitCode, StatectlError, UsageError
 from statectl.ops.ingest import Incoming, Ingest, IngestReport, OnConflict, run_ingest
 from statectl.ops.read import read_values
-from statectl.ops.readahead import read_ahead
 from statectl.ops.report import Confirm, Progress
 from statectl.ops.write import Expiry
 from statectl.stores.bucket import Result

@@ -159,8 +159,20 @@ class Buckets:
         plain str order of the path (see :mod:`statectl.stores.listing`)."""
         from statectl.stores import listing  # only scans list: simple commands do without it
 
+        yield from self._listed(url, listing.iter_listing(url, prefix, self.fs))
+
+    def iter_listing_by_folder(self, url: ObjectURL, keep: Callable[[str], bool]) -> Iterator[ListedObject]:
+        """Every object below ``url`` whose top-level name ``keep`` accepts, in path order; object stores
+        list several folders at once (:func:`statectl.stores.listing.iter_listing_by_folder`)."""
+        from statectl.stores import listing
+
+        ahead = 0 if url.is_local else self.concurrency  # a local walk waits on nothing worth overlapping
+        yield from self._listed(url, listing.iter_listing_by_folder(url, keep, self.fs, ahead=ahead))
+
+    @staticmethod
+    def _listed(url: ObjectURL, listed: Iterator[ListedObject]) -> Iterator[ListedObject]:
         try:
-            yield from listing.iter_listing(url, prefix, self.fs)
+            yield from listed
         except StatectlError:
             raise
         except FileNotFoundError:

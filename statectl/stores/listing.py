@@ -59,6 +59,78 @@ def iter_listing(
         yield from _list_find(fs, url, prefix)
 
 
+def iter_listing_by_folder(
+    url: ObjectURL, keep: Callable[[str], bool], fs_for: Callable[[ObjectURL], Any], *, ahead: int
+) -> Iterator[ListedObject]:
+    """The objects below ``url`` whose top-level name (a folder's or an object's) ``keep`` accepts, in
+    path order: one look at the top level, then one listing per kept folder, with up to ``ahead`` folders
+    after the current one listed concurrently (a few pages each: memory stays flat). A folder sorts as
+    its name + "/", so the folders' listings, one after the other, are in path order."""
+    from statectl.core.readahead import chained_ahead
+
+    def folder(name: str) -> Callable[[], Iterator[list[ListedObject]]]:
+        return lambda: _chunks(iter_listing(url, name, fs_for))
+
+    def one(listed: ListedObject) -> Callable[[], Iterator[list[ListedObject]]]:
+        return lambda: iter([[listed]])
+
+    sources = (
+        folder(name) if listed is None else one(listed)
+        for name, listed in top_level(url, fs_for)
+        if keep(name.rstrip("/"))
+    )
+    for chunk in chained_ahead(sources, ahead):
+        yield from chunk
+
+
+def _chunks(listed: Iterator[ListedObject], size: int = 1000) -> Iterator[list[ListedObject]]:
+    """A listing in lists of ``size``: one hand-over between threads per list, not per object."""
+    chunk: list[ListedObject] = []
+    for item in listed:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def top_level(url: ObjectURL, fs_for: Callable[[ObjectURL], Any]) -> list[tuple[str, ListedObject | None]]:
+    """The names directly below ``url`` in path order: a folder as its name + "/" with None, an object
+    as its name with its listing entry."""
+    entries: dict[str, ListedObject | None] = {}
+    if url.is_local:
+        try:
+            with os.scandir(url.path) as found:
+                for entry in found:
+                    if entry.is_dir(follow_symlinks=False):
+                        entries[entry.name + "/"] = None
+                    elif entry.is_file(follow_symlinks=False):
+                        st = entry.stat(follow_symlinks=False)
+                        modified = datetime.fromtimestamp(st.st_mtime, tz=UTC)
+                        entries[entry.name] = ListedObject(entry.path, st.st_size, modified)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+    else:
+        fs = fs_for(url)
+        fs.invalidate_cache(url.path)  # a listing cached earlier in this process may be stale
+        try:
+            found = fs.ls(url.path, detail=True)
+        except FileNotFoundError:
+            return []
+        root = url.path.rstrip("/") + "/"
+        for info in found:
+            path = str(info["name"]).rstrip("/")
+            if not path.startswith(root) or path == root.rstrip("/"):
+                continue
+            name = path[len(root) :]
+            if info.get("type") == "directory":
+                entries[name + "/"] = None
+            else:
+                entries[name] = ListedObject(path, info.get("size"), modified_from_info(info))
+    return sorted(entries.items())
+
+
 def _list_find(fs: Any, url: ObjectURL, prefix: str) -> Iterator[ListedObject]:
     found = fs.find(f"{url.path}/{prefix}".rstrip("/"), detail=True)
     for path in sorted(found):

@@ -10,12 +10,21 @@ deletes it only if it still holds our token.
 A lock whose heartbeat is older than the timeout, or whose holder is a dead process on this host,
 is stale: one taker wins a create-if-absent marker named after the stale token, deletes the stale
 lock and creates its own. Everyone else sees the lock held.
+
+Shards (``prune --shard I/N``): shard I of N holds ``prune.shard-I-of-N.lock``, so the N shards of one
+sharding run at once while a shard never runs twice. Different shardings (an unsharded prune is the
+one shard of 1) must never run at once, since their shards overlap: having created its own lock, a run
+lists the prune locks and backs off (releasing its own) if a live one of another sharding is there;
+a stale one it takes over as above. Create, then look: of two runs of different shardings that start
+together, the one that looks last sees the other's lock (object stores list what was written before;
+a local directory too), so at most one goes on; both may back off, and a later run goes on.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -25,12 +34,16 @@ from types import TracebackType
 from uuid import uuid4
 
 from statectl.core.filters import utcnow
-from statectl.core.layout import ObjectURL, reserved_url
+from statectl.core.layout import RESERVED_PREFIX, ObjectURL, reserved_url
+from statectl.core.shards import Shard
 from statectl.errors import DataError, ExitCode, StatectlError
 from statectl.stores.bucket import Buckets, ObjectExists, ObjectMissing
 
 DEFAULT_LOCK_TIMEOUT = timedelta(minutes=10)
 SETTLE_SECONDS = 1.0  # best-effort mode: how long to wait before reading our own write back
+PRUNE_FAMILY = "prune."
+# prune.lock (unsharded: the one shard of 1) and prune.shard-I-of-N.lock; takeover markers do not match.
+_PRUNE_LOCK_NAME = re.compile(r"prune\.(?:shard-(\d+)-of-(\d+)\.)?lock")
 
 
 class LockHeld(StatectlError):
@@ -83,6 +96,20 @@ def _process_gone(holder: Holder) -> bool:
     return False
 
 
+def prune_lock_name(shard: Shard | None) -> str:
+    if shard is None or shard.whole:
+        return "prune.lock"
+    return f"prune.shard-{shard.index}-of-{shard.count}.lock"
+
+
+def _sharding_of(name: str) -> int | None:
+    """N of a prune lock's name (1 for the unsharded one); None for anything else (a takeover marker)."""
+    match = _PRUNE_LOCK_NAME.fullmatch(name)
+    if match is None:
+        return None
+    return int(match[2]) if match[2] else 1
+
+
 class BucketLock:
     """``with BucketLock(buckets, base): ...`` holds the lock for the block (or raises LockHeld)."""
 
@@ -99,13 +126,14 @@ class BucketLock:
         self.url = reserved_url(base, name)
         self.base = base
         self.name = name
+        self.sharding = _sharding_of(name)  # N for a prune lock: live locks of another N exclude this one
         self.timeout = timeout
         self.heartbeat_every = heartbeat_every or max(min(timeout.total_seconds() / 4, 60.0), 0.2)
         self.token = uuid4().hex
         self.started = utcnow().isoformat()
         self.notes: list[str] = []
         self.best_effort = False
-        self._marker: ObjectURL | None = None
+        self._markers: list[ObjectURL] = []
         self._lost: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -153,23 +181,54 @@ class BucketLock:
             if self._create(self.url, self._text()):
                 self._held = True
                 self._start_heartbeat()
+                try:
+                    self._exclude_other_shardings()
+                except BaseException:
+                    self.release()
+                    raise
                 return
             exists, holder = self._read(self.url)
             if not exists:
                 continue  # released meanwhile: try again
-            stale_reason = self._stale_reason(holder)
+            stale_reason = self._stale_reason(self.url, holder)
             if stale_reason is None:
                 assert holder is not None
                 raise LockHeld(
                     f"another prune holds the lock {self.url}: {holder.label()}, last heartbeat {holder.heartbeat} "
                     f"(stale after --lock-timeout {_seconds(self.timeout)})"
                 )
-            self._take_over(holder, stale_reason)
+            self._take_over(self.url, self.name, holder, stale_reason)
         raise LockHeld(f"could not take the lock {self.url}: other runs keep taking it")
 
-    def _stale_reason(self, holder: Holder | None) -> str | None:
+    def _exclude_other_shardings(self) -> None:
+        """With our lock created: back off if a live lock of another sharding is there (a stale one is
+        taken over, so that its holder, should it wake, stops at its next heartbeat)."""
+        if self.sharding is None:
+            return
+        root = len(self.base.path) + 1
+        others = []
+        for listed in self.buckets.iter_listing(self.base, RESERVED_PREFIX + PRUNE_FAMILY):
+            name = listed.path[root:].removeprefix(RESERVED_PREFIX)
+            sharding = _sharding_of(name)
+            if sharding is not None and sharding != self.sharding:
+                others.append(name)
+        for name in others:
+            url = reserved_url(self.base, name)
+            exists, holder = self._read(url)
+            if not exists:
+                continue
+            stale_reason = self._stale_reason(url, holder)
+            if stale_reason is None:
+                who = holder.label() if holder is not None else "an unknown holder"
+                raise LockHeld(
+                    f"a prune of another sharding holds the lock {url}: {who} (prunes sharded differently, "
+                    "or sharded and unsharded, never run at once)"
+                )
+            self._take_over(url, name, holder, stale_reason)
+
+    def _stale_reason(self, url: ObjectURL, holder: Holder | None) -> str | None:
         if holder is None:
-            info = self.buckets.stat_many([self.url])[0]
+            info = self.buckets.stat_many([url])[0]
             modified = None if isinstance(info, StatectlError) else info.modified
             if modified is not None and utcnow() - modified < self.timeout:
                 return None
@@ -184,19 +243,30 @@ class BucketLock:
             return f"no heartbeat for {_seconds(age)}"
         return None
 
-    def _take_over(self, holder: Holder | None, reason: str) -> None:
-        """One taker per stale lock: whoever creates the marker named after its token."""
+    def _take_over(self, url: ObjectURL, name: str, holder: Holder | None, reason: str) -> None:
+        """One taker per stale lock: whoever creates the marker named after its token, and deletes it."""
         stale_token = holder.token if holder is not None else "unreadable"
-        marker = reserved_url(self.base, f"{self.name}.takeover-{stale_token}")
-        if not self._create(marker, self._text()):
-            who = holder.label() if holder is not None else "an unknown holder"
-            raise LockHeld(f"another prune is taking over the stale lock {self.url} held by {who}")
-        self._marker = marker
-        _, again = self._read(self.url)
-        if (again.token if again is not None else "unreadable") == stale_token:
-            self._delete(self.url)
+        marker = reserved_url(self.base, f"{name}.takeover-{stale_token}")
         who = holder.label() if holder is not None else "an unknown holder"
-        self.notes.append(f"took over a stale lock held by {who} ({reason})")
+        if not self._create(marker, self._text()):
+            if self._gone_soon(url, stale_token):
+                return  # the other taker deleted it: it is no obstacle any more
+            raise LockHeld(f"another prune is taking over the stale lock {url} held by {who}")
+        self._markers.append(marker)
+        _, again = self._read(url)
+        if (again.token if again is not None else "unreadable") == stale_token:
+            self._delete(url)
+        which = "" if url == self.url else f" of another sharding ({name})"
+        self.notes.append(f"took over a stale lock{which} held by {who} ({reason})")
+
+    def _gone_soon(self, url: ObjectURL, stale_token: str) -> bool:
+        """Whether the stale lock (that token) is deleted within a few settles, by its other taker."""
+        for _ in range(3):
+            exists, holder = self._read(url)
+            if not exists or (holder is not None and holder.token != stale_token):
+                return True
+            time.sleep(SETTLE_SECONDS)
+        return False
 
     def _delete(self, url: ObjectURL) -> None:
         error = self.buckets.delete_many([url])[0]
@@ -214,8 +284,8 @@ class BucketLock:
             _, holder = self._read(self.url)
             if holder is not None and holder.token == self.token:
                 self._delete(self.url)
-            if self._marker is not None:
-                self._delete(self._marker)
+            for marker in self._markers:
+                self._delete(marker)
         except StatectlError as e:
             self.notes.append(f"could not release the lock {self.url} ({e.message}); it goes stale by itself")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 from statectl.core.config import mask_url
 from statectl.core.filters import RowFilter, utcnow
 from statectl.core.scopes import AssetScope, Scope, TaskScope
+from statectl.core.shards import Shard
 from statectl.core.snapshot import AssetWriter
 from statectl.errors import ConfigError, NotFoundError, StatectlError, UnreachableError
 
@@ -217,6 +219,13 @@ class SQLiteDialect(Dialect):
         # Timestamps are naive UTC text on SQLite: bind the same text so that comparisons hold.
         return None if value is None else value.astimezone(UTC).strftime(SQLITE_TIMESTAMP)
 
+    def in_list(self, column: str) -> str:
+        """``column`` is one of a list bound as the single parameter :meth:`list_param` makes."""
+        return f"{column} IN (SELECT value FROM json_each(?))"
+
+    def list_param(self, values: Sequence[str]) -> Any:
+        return json.dumps(list(values))
+
 
 class PostgresDialect(Dialect):
     name = "postgresql"
@@ -249,6 +258,12 @@ class PostgresDialect(Dialect):
         # psycopg2's pyformat: %s placeholders, so a literal % must be doubled.
         return sql.replace("%", "%%").replace("?", "%s")
 
+    def in_list(self, column: str) -> str:
+        return f"{column} = ANY(?)"
+
+    def list_param(self, values: Sequence[str]) -> Any:
+        return list(values)  # psycopg2 binds a list as an ARRAY
+
     def stream_cursor(self, conn: Any, batch_size: int) -> Any:
         # A named (server-side) cursor: a plain psycopg2 cursor fetches the whole result at once.
         cur = conn.cursor(name=f"statectl_stream_{next(_CURSOR_SERIAL)}")
@@ -278,6 +293,7 @@ class Metastore:
         self.sql_dialect = _dialect_for(url, self.display_url)
         self.dialect: str = self.sql_dialect.name  # "sqlite" or "postgresql", for callers that compare names
         self._conn: Any = None
+        self._shard_dags: dict[Shard, list[str]] = {}
 
     # -- connection -----------------------------------------------------------------
     @property
@@ -789,7 +805,19 @@ class Metastore:
         if flt.expired_before is not None:
             where.append("expires_at IS NOT NULL AND expires_at < ?")
             params.append(self.sql_dialect.ts(flt.expired_before))
+        if flt.shard is not None and not flt.shard.whole:
+            where.append(self.sql_dialect.in_list("dag_id"))
+            params.append(self.sql_dialect.list_param(self.shard_dags(flt.shard)))
         return (f" WHERE {' AND '.join(where)}" if where else ""), params
+
+    def shard_dags(self, shard: Shard) -> list[str]:
+        """The dag_ids with task state that the shard owns, read once per shard and connection: one
+        run's plan and execution select the same dags (a dag's first key written since waits for the
+        next run, as rows written after a plan do)."""
+        if shard not in self._shard_dags:
+            dags = self._fetchall("SELECT DISTINCT dag_id FROM task_state_store", ())
+            self._shard_dags[shard] = sorted(d for (d,) in dags if shard.owns_dag(d))
+        return self._shard_dags[shard]
 
     @staticmethod
     def _asset_where(flt: RowFilter, asset_id: int | None = None) -> tuple[str, list[Any]]:
