@@ -29,6 +29,7 @@ from statectl.core.filters import RowFilter
 from statectl.core.layout import ObjectURL
 from statectl.core.scopes import TaskScope
 from statectl.ops.scan import Scan, ScanEntry, region_for
+from statectl.stores import listing
 from statectl.stores.bucket import Buckets
 from statectl.stores.store import StateStore
 from tests.infra import (
@@ -185,6 +186,17 @@ def test_walk_order_is_str_order(paths: list[str], tmp_path_factory: pytest.Temp
     prefix = first.rsplit("/", 1)[0] + "/" if "/" in first else first[:1]
     under = [p for p in sorted(files) if p.startswith(f"{root}/{prefix}")]
     assert [o.path for o in Buckets().iter_listing(base, prefix)] == under
+    # By folder, also split a level or two down and listed several at once: the same stream.
+    for ahead in (0, 1, 3):
+        by_folder = listing.iter_listing_by_folder(base, _every, Buckets().fs, ahead=ahead)
+        assert [o.path for o in by_folder] == sorted(files)
+    odd = [p for p in sorted(files) if len(p.removeprefix(f"{root}/").split("/", 1)[0]) % 2]
+    keep_odd = listing.iter_listing_by_folder(base, lambda name: len(name) % 2 == 1, Buckets().fs, ahead=2)
+    assert [o.path for o in keep_odd] == odd
+
+
+def _every(name: str) -> bool:
+    return True
 
 
 # --------------------------------------------------------------------------- filters -> regions
@@ -396,6 +408,19 @@ def test_s3_listing_pages_in_key_order(s3_bucket: S3Bucket, monkeypatch: pytest.
     assert all(o.size == len(o.path.split("/", 2)[2].encode()) and o.modified is not None for o in listed)
     under_a = [o.path for o in Buckets().iter_listing(base, "a/")]
     assert under_a == [f"{s3_bucket.bucket}/state/a/x", f"{s3_bucket.bucket}/state/a/x/y"]
+    assert_by_folder_is_the_listing(base, listed)
+
+
+def assert_by_folder_is_the_listing(base: ObjectURL, listed: list[Any]) -> None:
+    """Folder by folder (split down a level or two, several at once) lists exactly the same, sizes and
+    times included; keeping some top-level names keeps exactly their objects."""
+    expected = [(o.path, o.size, o.modified) for o in listed]
+    for ahead in (1, 4):
+        by_folder = listing.iter_listing_by_folder(base, _every, Buckets().fs, ahead=ahead)
+        assert [(o.path, o.size, o.modified) for o in by_folder] == expected
+    root = len(base.path) + 1
+    kept = [o.path for o in Buckets().iter_listing_by_folder(base, lambda name: name in ("a", "b", "Z"))]
+    assert kept == [p for p, _, _ in expected if p[root:].split("/", 1)[0] in ("a", "b", "Z")]
 
 
 def test_gcs_listing_in_key_order(gcs_bucket: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -409,6 +434,7 @@ def test_gcs_listing_in_key_order(gcs_bucket: Any, monkeypatch: pytest.MonkeyPat
     listed = list(Buckets().iter_listing(base))
     assert [o.path for o in listed] == [f"{gcs_bucket.bucket}/{k}" for k in _expected_listing(LISTING_NAMES)]
     assert all(o.size == len(o.path.split("/", 2)[2].encode()) and o.modified is not None for o in listed)
+    assert_by_folder_is_the_listing(base, listed)
 
 
 @pytest.mark.slow

@@ -33,7 +33,8 @@ from statectl.core.layout import ObjectURL
 from statectl.errors import ExitCode, StatectlError, UsageError
 from statectl.ops.report import NOT_CONFIRMED, Confirm, Progress
 from statectl.ops.scan import DEFAULT_GRACE
-from statectl.stores.bucket import DELETE_BATCH, modified_or_none
+from statectl.stores.bucket import DELETE_BATCH, Result, modified_or_none
+from statectl.stores.deletions import Deletions
 from statectl.stores.metastore import StateRow
 
 if TYPE_CHECKING:
@@ -46,6 +47,10 @@ T = TypeVar("T")
 MIN_GRACE = timedelta(minutes=1)
 FIRST_ENTRIES = 20
 BATCH = DELETE_BATCH
+# Batches of object deletes in flight while the next batch's rows go: S3 answers a 1000-key delete in
+# tens of ms, so a few overlap the DB work. A kill leaves at most these batches' objects (their rows
+# gone) for the next run to collect as orphans after the grace.
+DELETES_IN_FLIGHT = 4
 
 
 class Category(StrEnum):
@@ -297,6 +302,9 @@ class _Executor:
         self.report = PruneReport(plan, dry_run=False, orphans_refused=plan.orphans_refused)
         self.progress = progress
         self.lock = lock
+        # Object deletes run in the background, a few batches at once, while the next batch's rows go.
+        self.deletions = Deletions(store.buckets, ahead=DELETES_IN_FLIGHT)
+        self.unanswered = 0
         # After a person confirmed the plan, no category deletes more than the plan counted.
         self.room: dict[Category, int] | None = {c: plan.planned(c) for c in plan.going} if within_plan else None
 
@@ -305,7 +313,8 @@ class _Executor:
         """The items that fit in what the confirmed plan and --max-delete leave. Past the plan, items
         are left for the next run (counted); past --max-delete, the run stops."""
         kept: list[T] = []
-        max_room = None if self.options.max_delete is None else self.options.max_delete - self.report.deletions
+        done = self.report.deletions + self.unanswered  # objects sent for deletion count as deleted
+        max_room = None if self.options.max_delete is None else self.options.max_delete - done
         for item in items:
             price = cost(item)
             if self.room is not None and self.room[category] < price:
@@ -345,12 +354,20 @@ class _Executor:
                 self.report.kept.append((str(url), "outside the configured base path"))
             else:
                 going.append(url)
+        if going:
+            self.unanswered += len(going)
+            self.deletions.submit(going, partial(self._objects_deleted, going, category, sizes or {}))
+
+    def _objects_deleted(
+        self, urls: list[ObjectURL], category: Category, sizes: dict[str, int], errors: list[Result[None]]
+    ) -> None:
+        self.unanswered -= len(urls)
         tally = self.report.deleted[category]
-        for url, error in zip(going, self.store.buckets.delete_many(going), strict=True):
+        for url, error in zip(urls, errors, strict=True):
             if error is not None:
                 self.report.object_errors.append((str(url), error.message))
             else:
-                tally.add(str(url), objects=1, size=(sizes or {}).get(str(url), 0), limit=self.options.first)
+                tally.add(str(url), objects=1, size=sizes.get(str(url), 0), limit=self.options.first)
 
     def _delete_rows(self, rows: list[StateRow], category: Category, *, expired: bool) -> list[StateRow]:
         still_expired_at = self.rules.now if expired else None
@@ -458,9 +475,12 @@ def execute_prune(
     stores as they are now. ``within_plan``: no category deletes more than the plan counted."""
     run = _Executor(store, plan, progress, lock, within_plan)
     try:
-        run.expired()
-        if not run.report.stopped:
-            run.scanned()
+        try:
+            run.expired()
+            if not run.report.stopped:
+                run.scanned()
+        finally:
+            run.deletions.drain()  # every delete sent is answered and counted before the lock goes
     except StatectlError as e:
         # A store went away or the lock was lost: what is done is consistent; say so and stop.
         run.report.stopped = e.message

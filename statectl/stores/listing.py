@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -74,13 +75,36 @@ def iter_listing_by_folder(
     def one(listed: ListedObject) -> Callable[[], Iterator[list[ListedObject]]]:
         return lambda: iter([[listed]])
 
-    sources = (
-        folder(name) if listed is None else one(listed)
-        for name, listed in top_level(url, fs_for)
-        if keep(name.rstrip("/"))
-    )
+    kept = [(name, listed) for name, listed in top_level(url, fs_for) if keep(name.rstrip("/"))]
+    entries = _split_folders(url, kept, fs_for, want=SPLIT_FACTOR * ahead) if ahead > 0 else kept
+    sources = (folder(name) if listed is None else one(listed) for name, listed in entries)
     for chunk in chained_ahead(sources, ahead):
         yield from chunk
+
+
+# A few folders to list at once are not enough: go down a level (dag, run, task, map index), up to this many,
+# until there are SPLIT_FACTOR x ``ahead`` folders, so that one big dag still lists in parallel.
+SPLIT_DEPTH = 4
+SPLIT_FACTOR = 4
+
+
+def _split_folders(
+    url: ObjectURL, entries: list[tuple[str, ListedObject | None]], fs_for: Callable[[ObjectURL], Any], want: int
+) -> list[tuple[str, ListedObject | None]]:
+    """The entries with folders replaced by their own entries (one look each), level by level, while
+    fewer than ``want`` folders. Sorted, the names are in path order: a folder sorts as its name + "/"
+    and holds a range of paths no other entry's name falls in."""
+    for _ in range(SPLIT_DEPTH):
+        if not 0 < sum(listed is None for _, listed in entries) < want:
+            break
+        folders = [name for name, listed in entries if listed is None]
+        with ThreadPoolExecutor(max_workers=min(len(folders), want)) as pool:
+            below = pool.map(lambda name: top_level(url.child(*name.rstrip("/").split("/")), fs_for), folders)
+            expanded: list[tuple[str, ListedObject | None]] = [(n, o) for n, o in entries if o is not None]
+            for name, children in zip(folders, below, strict=True):
+                expanded.extend((name + child, child_listed) for child, child_listed in children)
+        entries = sorted(expanded, key=lambda entry: entry[0])
+    return entries
 
 
 def _chunks(listed: Iterator[ListedObject], size: int = 1000) -> Iterator[list[ListedObject]]:
