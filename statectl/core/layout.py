@@ -10,6 +10,7 @@ simple commands need neither Airflow nor fsspec to compute a path.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from urllib.parse import quote
 
 from statectl.core.scopes import AssetScope, Scope, TaskScope, check_segment
@@ -60,8 +61,9 @@ class ObjectURL:
     def child(self, *segments: str) -> ObjectURL:
         return ObjectURL(self.protocol, self.conn_id, "/".join((self.path, *segments)))
 
-    @property
+    @cached_property
     def parts(self) -> tuple[str, ...]:
+        # Cached: prune and the scan compare every object's parts with the base's, per row.
         return tuple(p for p in self.path.split("/") if p)
 
     @property
@@ -143,13 +145,9 @@ def is_under_base(url: ObjectURL, base: ObjectURL) -> bool:
     if url.conn_id != base.conn_id:
         return False
     same_protocol = url.protocol == base.protocol or (url.is_local and base.is_local)
-    rest = url.parts[len(base.parts) :]
-    return (
-        same_protocol
-        and url.parts[: len(base.parts)] == base.parts
-        and len(rest) > 0
-        and not any(p in (".", "..") for p in rest)
-    )
+    parts, root = url.parts, base.parts
+    rest = parts[len(root) :]
+    return same_protocol and parts[: len(root)] == root and len(rest) > 0 and "." not in rest and ".." not in rest
 
 
 def _parse_ref(ref: str, base: ObjectURL | None) -> ObjectURL:

@@ -72,15 +72,16 @@ def read_ahead(items: Iterator[T], depth: int = 2) -> Iterator[T]:
     yield from ReadAhead(items, depth)
 
 
-def chained_ahead(sources: Iterable[Callable[[], Iterable[T]]], ahead: int, depth: int = 2) -> Iterator[T]:
+def chained_ahead(sources: Iterable[Callable[[], Iterable[T]] | list[T]], ahead: int, depth: int = 2) -> Iterator[T]:
     """The items of each source in turn, as one stream, while up to ``ahead`` sources after the current
     one are already being made (each in its own thread, at most ``depth`` items ahead): memory stays at
-    ``(ahead + 1) * depth`` items. ``ahead`` 0: one source after the other, no threads."""
+    ``(ahead + 1) * depth`` items. A source that is a list is already made: it takes no thread.
+    ``ahead`` 0: one source after the other, no threads."""
     if ahead <= 0:
-        for make in sources:
-            yield from make()
+        for source in sources:
+            yield from (source if isinstance(source, list) else source())
         return
-    pending: deque[ReadAhead[T]] = deque()
+    pending: deque[ReadAhead[T] | list[T]] = deque()
     makers = iter(sources)
     exhausted = False
     try:
@@ -89,13 +90,14 @@ def chained_ahead(sources: Iterable[Callable[[], Iterable[T]]], ahead: int, dept
                 maker = next(makers, None)
                 exhausted = maker is None
                 if maker is not None:
-                    pending.append(ReadAhead(_deferred(maker), depth))
+                    pending.append(maker if isinstance(maker, list) else ReadAhead(_deferred(maker), depth))
             if not pending:
                 return
             yield from pending.popleft()
     finally:
         for waiting in pending:
-            waiting.close()
+            if isinstance(waiting, ReadAhead):
+                waiting.close()
 
 
 def _deferred(make: Callable[[], Iterable[T]]) -> Iterator[T]:

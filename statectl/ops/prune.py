@@ -244,40 +244,55 @@ class _Rules:
 PRUNED = "rows and objects pruned"
 
 
+def _tally_expired(plan: PrunePlan, row: StateRow, target: ObjectURL | str | None) -> None:
+    """Count a judged expired row (and its object) in the plan."""
+    t, limit = plan.tallies, plan.options.first
+    if isinstance(target, str):
+        t[Category.OUTSIDE].add(f"{row.label}: {target}", rows=1, limit=limit)
+    has_object = int(isinstance(target, ObjectURL))
+    t[Category.EXPIRED].add(row.label, rows=1, objects=has_object, size=len(row.value.encode()), limit=limit)
+
+
+def _tally_entry(plan: PrunePlan, entry: ScanEntry, category: Category | None) -> None:
+    """Count an object of the scan in the plan, by its category."""
+    if category is None or entry.obj is None:
+        return
+    t, limit, size = plan.tallies, plan.options.first, entry.obj.size or 0
+    if category is Category.EXPIRED:
+        t[category].bytes += size  # counted with its expired row
+    elif category is Category.OLD:
+        t[category].add(str(entry.obj.url), rows=len(entry.referrers), objects=1, size=size, limit=limit)
+    else:
+        t[category].add(str(entry.obj.url), objects=1, size=size, limit=limit)
+
+
+def _incomplete(scan: Scan) -> str:
+    return f"not every row could be read ({scan.incomplete_reason}): orphans are not deleted"
+
+
+def _new_plan(store: StateStore, options: PruneOptions, at: datetime) -> PrunePlan:
+    plan = PrunePlan(options, at)
+    if store.base is None:
+        plan.notes.append("no [common.io] state_store_objectstorage_path is configured: rows only, no objects")
+    return plan
+
+
 def plan_prune(store: StateStore, options: PruneOptions, progress: Progress | None = None) -> PrunePlan:
     """What prune would delete, from the rows and one listing; changes nothing."""
     rules = _Rules(store, options, utcnow())
-    plan = PrunePlan(options, rules.now)
-    t = plan.tallies
-    limit = options.first
+    plan = _new_plan(store, options, rules.now)
     for batch in store.metastore.iter_batches(rules.expired_filter(), options.batch_size):
         for row in rules.judged(batch):
-            target = rules.object_of(row)
-            size = len(row.value.encode())
-            if isinstance(target, str):
-                t[Category.OUTSIDE].add(f"{row.label}: {target}", rows=1, limit=limit)
-            has_object = int(isinstance(target, ObjectURL))
-            t[Category.EXPIRED].add(row.label, rows=1, objects=has_object, size=size, limit=limit)
+            _tally_expired(plan, row, rules.object_of(row))
         if progress:
             progress("planning", len(batch))
-    if store.base is None:
-        plan.notes.append("no [common.io] state_store_objectstorage_path is configured: rows only, no objects")
     if not rules.wants_scan():
         return plan
     scan = rules.scan()
     for entry in scan.entries():
-        category = rules.category(entry)
-        if category is None or entry.obj is None:
-            continue
-        size = entry.obj.size or 0
-        if category is Category.EXPIRED:
-            t[category].bytes += size  # counted with its expired row above
-        elif category is Category.OLD:
-            t[category].add(str(entry.obj.url), rows=len(entry.referrers), objects=1, size=size, limit=limit)
-        else:
-            t[category].add(str(entry.obj.url), objects=1, size=size, limit=limit)
+        _tally_entry(plan, entry, rules.category(entry))
     if not scan.complete:
-        plan.orphans_refused = f"not every row could be read ({scan.incomplete_reason}): orphans are not deleted"
+        plan.orphans_refused = _incomplete(scan)
     return plan
 
 
@@ -294,6 +309,7 @@ class _Executor:
         progress: Progress | None,
         lock: BucketLock | None,
         within_plan: bool,
+        single_pass: bool = False,
     ) -> None:
         self.rules = _Rules(store, plan.options, plan.at)
         self.store = store
@@ -302,9 +318,12 @@ class _Executor:
         self.report = PruneReport(plan, dry_run=False, orphans_refused=plan.orphans_refused)
         self.progress = progress
         self.lock = lock
+        # No plan was made first (nobody to show it to): the plan is counted as execution finds things.
+        self.single_pass = single_pass
         # Object deletes run in the background, a few batches at once, while the next batch's rows go.
         self.deletions = Deletions(store.buckets, ahead=DELETES_IN_FLIGHT)
         self.unanswered = 0
+        self.orphans_sent = 0  # orphans sent for deletion (a few kept at the last check included)
         # After a person confirmed the plan, no category deletes more than the plan counted.
         self.room: dict[Category, int] | None = {c: plan.planned(c) for c in plan.going} if within_plan else None
 
@@ -388,6 +407,9 @@ class _Executor:
             targets = {id(row): self.rules.object_of(row) for row in batch}
             cost = partial(_expired_cost, targets)
             judged = self.rules.judged(batch)
+            if self.single_pass:
+                for row in judged:
+                    _tally_expired(self.plan, row, targets[id(row)])
             if len(judged) < len(batch):  # written after the plan's moment: the next run judges them
                 kept = {id(r) for r in judged}
                 late = sum(cost(r) for r in batch if id(r) not in kept)
@@ -405,14 +427,22 @@ class _Executor:
         if not self.rules.wants_scan():
             return
         scan = self.rules.scan()
-        orphans_allowed = self.report.orphans_refused is None
         orphans: list[StoredObject] = []
         old: list[tuple[StoredObject, list[StateRow]]] = []
         for entry in scan.entries():
             category = self.rules.category(entry)
+            if self.single_pass:
+                _tally_entry(self.plan, entry, category)
+                if not scan.complete and self.report.orphans_refused is None:
+                    # No orphan goes from here on. Refs of other connections come first, so this is
+                    # mostly known before any orphan went; those that did were re-checked, as below.
+                    went = self.orphans_sent
+                    reason = _incomplete(scan) + (f" after {went} were re-checked and deleted" if went else "")
+                    self.report.orphans_refused = self.plan.orphans_refused = reason
+                    orphans = []
             if entry.obj is None:
                 continue
-            if category is Category.ORPHANS and orphans_allowed:
+            if category is Category.ORPHANS and self.report.orphans_refused is None:
                 orphans.append(entry.obj)
             elif category is Category.OLD:
                 old.append((entry.obj, _referrer_rows(entry)))
@@ -447,6 +477,7 @@ class _Executor:
             else:
                 self.report.kept.append((str(obj.url), "modified since the listing, or gone"))
         self._delete_objects(urls, Category.ORPHANS, {str(o.url): o.size or 0 for o in objects})
+        self.orphans_sent += len(urls)
         self._tick(len(objects))
 
     def _old_batch(self, items: list[tuple[StoredObject, list[StateRow]]]) -> None:
@@ -470,13 +501,17 @@ def execute_prune(
     lock: BucketLock | None = None,
     *,
     within_plan: bool = False,
+    single_pass: bool = False,
 ) -> PruneReport:
     """Delete what the plan's rules select at the plan's moment, batch by batch, re-checked against the
-    stores as they are now. ``within_plan``: no category deletes more than the plan counted."""
-    run = _Executor(store, plan, progress, lock, within_plan)
+    stores as they are now. ``within_plan``: no category deletes more than the plan counted.
+    ``single_pass``: ``plan`` is empty and is counted while executing (one read of the rows, one listing)."""
+    run = _Executor(store, plan, progress, lock, within_plan, single_pass)
     try:
         try:
             run.expired()
+            # The expired rows' objects are gone before the listing starts, or it would take them for orphans.
+            run.deletions.drain()
             if not run.report.stopped:
                 run.scanned()
         finally:
@@ -510,13 +545,15 @@ def run_prune(
         lock = BucketLock(store.buckets, store.base, name, timeout=lock_timeout or DEFAULT_LOCK_TIMEOUT)
         lock.acquire()
     try:
-        plan = plan_prune(store, options)
-        if plan.deletions == 0:
+        if confirm is None:
+            # Nobody to show a plan to (--yes): plan and execute in one pass, by the same rules.
+            report = execute_prune(store, _new_plan(store, options, utcnow()), progress, lock, single_pass=True)
+        elif (plan := plan_prune(store, options)).deletions == 0:
             report = PruneReport(plan, dry_run=False, orphans_refused=plan.orphans_refused)
-        elif confirm is not None and not confirm(plan):
+        elif not confirm(plan):
             report = PruneReport(plan, dry_run=False, stopped=NOT_CONFIRMED, declined=True)
         else:
-            report = execute_prune(store, plan, progress, lock, within_plan=confirm is not None)
+            report = execute_prune(store, plan, progress, lock, within_plan=True)
     finally:
         if lock is not None:
             lock.release()

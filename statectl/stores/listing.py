@@ -72,14 +72,27 @@ def iter_listing_by_folder(
     def folder(name: str) -> Callable[[], Iterator[list[ListedObject]]]:
         return lambda: _chunks(iter_listing(url, name, fs_for))
 
-    def one(listed: ListedObject) -> Callable[[], Iterator[list[ListedObject]]]:
-        return lambda: iter([[listed]])
-
     kept = [(name, listed) for name, listed in top_level(url, fs_for) if keep(name.rstrip("/"))]
     entries = _split_folders(url, kept, fs_for, want=SPLIT_FACTOR * ahead) if ahead > 0 else kept
-    sources = (folder(name) if listed is None else one(listed) for name, listed in entries)
-    for chunk in chained_ahead(sources, ahead):
+    for chunk in chained_ahead(_sources(entries, folder), ahead):
         yield from chunk
+
+
+def _sources(
+    entries: list[tuple[str, ListedObject | None]], folder: Callable[[str], Callable[[], Iterator[list[ListedObject]]]]
+) -> Iterator[Callable[[], Iterator[list[ListedObject]]] | list[list[ListedObject]]]:
+    """A listing to make per folder; the objects between folders, already listed, as ready chunks."""
+    listed_run: list[ListedObject] = []
+    for name, listed in entries:
+        if listed is not None:
+            listed_run.append(listed)
+            continue
+        if listed_run:
+            yield list(_chunks(iter(listed_run)))
+            listed_run = []
+        yield folder(name)
+    if listed_run:
+        yield list(_chunks(iter(listed_run)))
 
 
 # A few folders to list at once are not enough: go down a level (dag, run, task, map index), up to this many,
