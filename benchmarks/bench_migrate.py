@@ -5,21 +5,31 @@ an object store on 127.0.0.1 reached through an Airflow connection (AIRFLOW_CONN
 `dag.test()` run for the dag run and task instances, then N task_state_store rows of mixed sizes
 (log-uniform, fixed seed) written as plain JSON, as workers without a backend write them.
 
---store (benchmarks/stores.py): s3 (default) is moto's S3 server through an aws connection; gcs is the
-in-memory gcp-storage-emulator through a google_cloud_platform connection; azure is Azurite (in memory)
-through a wasb connection with a connection_string. Each counts the requests it serves, by HTTP method
-and kind (list, upload, download, metadata, delete, ...), also per object.
+--store (benchmarks/stores.py): s3-latency (default) is moto's S3 behind benchmarks/latency_bed.py's delays, at
+each of --latencies (benchmarks/common.py: one server, the delays set per measurement); s3 is moto's S3 server as
+it is; gcs the in-memory gcp-storage-emulator; azure Azurite. Each counts the requests it serves by kind.
 
-1. to-bucket and to-metastore, each direction timed as a whole process, statectl against the naive
-   baseline (a loop over the rows calling the provider's serialize/deserialize and committing per
-   row), same Airflow configuration, same starting state (rows restored from a copy, bucket emptied):
-   statectl to-bucket, naive to-bucket, naive to-metastore, statectl to-bucket, statectl to-metastore.
-   Every run's end state is checked against the others (md5 of the value column, objects left).
-   Then the store's floor: the objects fetched and uploaded again with bare concurrent requests.
+1. At each latency, the three directions, statectl against the naive loop (the provider's serialize /
+   deserialize or ObjectStoragePath calls, one row at a time, a commit per row), each timed as a whole
+   process with the same Airflow configuration and the same starting state:
+   - to-bucket: plain rows -> objects (threshold 1 KiB, gzip) and ref rows;
+   - relocate: those objects to another base path (`relocated/` in the same bucket, through a second connection:
+     other credentials for any tool, so no server-side copy) with the same compression;
+   - to-metastore (configured with the relocated base path): every value back into its row, objects deleted.
+   statectl runs the chain first (to-bucket, relocate, to-metastore), then, from the seeded rows again, the naive
+   loops run it; each end state is compared with statectl's (md5 of the value column; objects left).
+   --naive-sample N runs the naive to-bucket on every k-th row (N in all) and so the chain on those rows, and
+   extrapolates each time linearly (labelled).
+   Floors (benchmarks/common.py): to-bucket 1 PUT per object and gzip -9 of their values (the provider's level);
+   relocate 1 GET + 1 PUT per object and ceil(objects/1000) bulk deletes; to-metastore 1 GET per object, the bulk
+   deletes and gunzip of the objects; each with the process start that resolves the connection.
 2. Peak RSS of `statectl migrate to-bucket` at --rows vs --big-rows rows (both with values up to
-   --mem-max-bytes so that the 100k-row bucket stays a sane size).
+   --mem-max-bytes so that the 100k-row bucket stays a sane size), undelayed.
 
-Usage: .venv/bin/python benchmarks/bench_migrate.py [--store s3|gcs|azure] [--rows 20000] [--big-rows 100000]
+Prints a table; writes every figure as JSON to --out (default: a file in the temp directory, named on stderr).
+
+Usage: .venv/bin/python benchmarks/bench_migrate.py [--store s3-latency|s3|gcs|azure] [--latencies 0,20]
+       [--rows 20000] [--naive-sample N] [--big-rows 100000] [--skip-memory | --memory-only]
 """
 
 from __future__ import annotations
@@ -27,10 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,10 +48,32 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.stores import STORES, Kind, Store, by_kind, by_method, per_object, start_store  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    NAIVE_SAMPLING,
+    STATECTL,
+    Latency,
+    Work,
+    add_latency_options,
+    at_latency,
+    floor,
+    gunzip_cpu,
+    heading,
+    latencies,
+    load,
+    log,
+    new_report,
+    process_start_cpu,
+    run_naive,
+    run_process,
+    sample_of,
+    table,
+    thread_cpu,
+    undelayed,
+    write_json,
+)
+from benchmarks.stores import Kind, Store, by_kind, start_store  # noqa: E402
 from tests.infra import (  # noqa: E402
     OBJECT_STORAGE_BACKEND,
-    PYTHON,
     airflow_base_env,
     airflow_db_migrate,
     find_pg_bin_dir,
@@ -52,10 +81,13 @@ from tests.infra import (  # noqa: E402
     start_postgres,
 )
 
-STATECTL = str(Path(sys.executable).parent / "statectl")
+__all__ = ["STATECTL", "Bed", "load", "log", "make_value", "value_sizes"]  # what the other benchmarks import
+
 DB_NAME = "airflow_bench"
 DAG_ID = "bench_migrate"
 SEED_TABLE = "bench_seed_rows"
+RELOCATE_CONN = "statectl_relocated"  # a second connection to the same store: other credentials, for any tool
+TARGETS = {"naive_over_statectl": 20, "statectl_over_floor": 1.5}  # issue 11, at 20 ms
 
 DAG_SOURCE = f"""
 from datetime import datetime
@@ -77,8 +109,10 @@ if __name__ == "__main__":
     dag.test()
 """
 
-NAIVE_PRELUDE = """
-import json, sys, psycopg2
+NAIVE_PRELUDE = (
+    NAIVE_SAMPLING
+    + """
+import json, sys, time, psycopg2
 from airflow.sdk import ObjectStoragePath
 from airflow.sdk.state import TaskScope
 from airflow.providers.common.io.state_store.backend import StateStoreObjectStorageBackend
@@ -86,21 +120,24 @@ from airflow.providers.common.io.state_store.backend import StateStoreObjectStor
 backend = StateStoreObjectStorageBackend()
 conn = psycopg2.connect(sys.argv[1])
 cur = conn.cursor()
-cur.execute('SELECT id, dag_id, run_id, task_id, map_index, "key", value FROM task_state_store ORDER BY id')
-rows = cur.fetchall()
+REF = '{"__airflow_state_ref__": '
 """
+)
 
 # What a user would write to move every row to the bucket: the provider's own serialize, one commit per row.
 NAIVE_TO_BUCKET = (
     NAIVE_PRELUDE
     + """
+cur.execute('SELECT id, dag_id, run_id, task_id, map_index, "key", value FROM task_state_store ORDER BY id')
+rows = sample(cur.fetchall())
+started = time.perf_counter()
 for row_id, dag_id, run_id, task_id, map_index, key, value in rows:
     scope = TaskScope(dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=map_index)
     ref = backend.serialize_task_state_store_to_ref(value=json.loads(value), key=key, scope=scope)
     cur.execute("UPDATE task_state_store SET value = %s, updated_at = now() WHERE id = %s",
                 (json.dumps({"__airflow_state_ref__": ref}), row_id))
     conn.commit()
-print(len(rows))
+done(len(rows), started)
 """
 )
 
@@ -108,7 +145,10 @@ print(len(rows))
 NAIVE_TO_METASTORE = (
     NAIVE_PRELUDE
     + """
-for row_id, dag_id, run_id, task_id, map_index, key, value in rows:
+cur.execute('SELECT id, value FROM task_state_store WHERE value LIKE %s ORDER BY id', (REF + "%",))
+rows = sample(cur.fetchall())
+started = time.perf_counter()
+for row_id, value in rows:
     ref = json.loads(value)["__airflow_state_ref__"]
     restored = backend.deserialize_task_state_store_from_ref(ref)
     cur.execute("UPDATE task_state_store SET value = %s, updated_at = now() WHERE id = %s",
@@ -116,7 +156,29 @@ for row_id, dag_id, run_id, task_id, map_index, key, value in rows:
     conn.commit()
     if ref.startswith("s3://"):
         ObjectStoragePath(ref).unlink(missing_ok=True)
-print(len(rows))
+done(len(rows), started)
+"""
+)
+
+# ... and to move the objects to another base path with the same compression: the bytes as they are, read from the
+# old path and written to the new one, the row updated and committed, then the old object deleted.
+NAIVE_RELOCATE = (
+    NAIVE_PRELUDE
+    + """
+old, new = sys.argv[2], sys.argv[3]
+under_old = REF + json.dumps(old + "/")[:-1] + "%"  # the rows whose object is under the old base path
+cur.execute('SELECT id, value FROM task_state_store WHERE value LIKE %s ORDER BY id', (under_old,))
+rows = sample(cur.fetchall())
+started = time.perf_counter()
+for row_id, value in rows:
+    ref = json.loads(value)["__airflow_state_ref__"]
+    source, target = ObjectStoragePath(ref), ObjectStoragePath(new + ref[len(old):])
+    target.write_bytes(source.read_bytes())
+    cur.execute("UPDATE task_state_store SET value = %s, updated_at = now() WHERE id = %s",
+                (json.dumps({"__airflow_state_ref__": str(target)}), row_id))
+    conn.commit()
+    source.unlink()
+done(len(rows), started)
 """
 )
 
@@ -154,59 +216,20 @@ def make_value(seq: int, size: int, pool: str, rng: random.Random) -> str:
     return json.dumps({"seq": seq, "blob": pool[start : start + room]})
 
 
-# The emulator's own limit, for scale: the objects statectl wrote, fetched (timed: what any tool must at
-# least do to move them into the metastore) and then uploaded again, already compressed (timed: the least
-# any tool must do to move them to the bucket), with as many requests in flight as statectl uses. The store's
-# own fsspec filesystem, built directly (no Airflow), in one request per object.
-FLOOR = """
-import asyncio, json, sys, time
-from fsspec.asyn import sync
-spec, concurrency = json.loads(sys.argv[1]), int(sys.argv[2])
-bucket = spec["bucket"]
-cat_kwargs, pipe_kwargs = {}, {}
-if spec["store"] == "s3":
-    import s3fs
-    fs = s3fs.S3FileSystem(key="statectl", secret="statectl", client_kwargs={"endpoint_url": spec["endpoint"],
-                           "region_name": "us-east-1"})
-    cat_kwargs = {"max_concurrency": 1}
-elif spec["store"] == "gcs":
-    import gcsfs
-    fs = gcsfs.GCSFileSystem(endpoint_url=spec["endpoint"], token="anon", project="test")
-else:
-    import adlfs
-    fs = adlfs.AzureBlobFileSystem(connection_string=spec["connection_string"])
-    pipe_kwargs = {"overwrite": True}
-keys = sorted(fs.find(bucket))
-async def run_all(make):
-    semaphore = asyncio.Semaphore(concurrency)
-    async def one(key):
-        async with semaphore:
-            return await make(key)
-    return await asyncio.gather(*(one(k) for k in keys))
-start = time.perf_counter()
-bodies = sync(fs.loop, run_all, lambda k: fs._cat_file(k, **cat_kwargs))
-get_s = time.perf_counter() - start
-fs.rm(keys)
-payload = dict(zip(keys, bodies))
-start = time.perf_counter()
-sync(fs.loop, run_all, lambda k: fs._pipe_file(k, payload[k], **pipe_kwargs))
-put_s = time.perf_counter() - start
-print(json.dumps({"objects": len(keys), "bytes": sum(map(len, bodies)), "get_s": round(get_s, 2),
-                  "put_s": round(put_s, 2)}))
-"""
-
-
 class Bed:
-    """PostgreSQL + an object store (--store) + Airflow configuration shared by every run."""
+    """PostgreSQL + an object store (--store) + Airflow configuration shared by every run. On the latency bed the
+    store is undelayed except inside benchmarks.common.at_latency (the set-up between runs costs no latency)."""
 
-    def __init__(self, work: Path, threshold: int, compression: str, store: str = "s3") -> None:
+    def __init__(self, work: Path, threshold: int, compression: str, store: str = "s3-latency") -> None:
         self.work = work
+        self.concurrency = 16  # statectl's --concurrency (the benchmarks set theirs)
         bin_dir = find_pg_bin_dir()
         if bin_dir is None:
             sys.exit("no PostgreSQL server binaries (apt-get install -y postgresql)")
         self.pg = start_postgres(bin_dir)
         try:
             self.store: Store = start_store(store, work)
+            undelayed(self.store)
         except BaseException:
             self.pg.stop()
             raise
@@ -227,6 +250,7 @@ class Bed:
             self.env.pop(name, None)
         self.env.update(self.store.conn_env)
         self.base = self.store.url("state")
+        self.threshold = threshold
         # The worker-side configuration both tools run with (to-metastore reads the same base path).
         self.backend_env = dict(self.env)
         self.backend_env.update(
@@ -235,15 +259,27 @@ class Bed:
             AIRFLOW__COMMON_IO__STATE_STORE_OBJECTSTORAGE_THRESHOLD=str(threshold),
             AIRFLOW__COMMON_IO__STATE_STORE_OBJECTSTORAGE_COMPRESSION=compression,
         )
+        self.backend_env.update(self.store.conn_env_as(RELOCATE_CONN))  # relocate's target, defined as for workers
         # PYTHONDONTWRITEBYTECODE may be set on this machine: every process would recompile Airflow
         # (~5 s each). A private bytecode cache gives both tools the start-up of a normal install.
         self.backend_env.pop("PYTHONDONTWRITEBYTECODE", None)
         self.backend_env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
         self.dsn = self.pg.dsn(DB_NAME)
+        self.sample_ids: list[int] = []  # the rows a sampled naive to-bucket takes (state() fingerprints them too)
 
     @property
     def label(self) -> str:
+        if self.store.name == "s3-latency":  # its delays change per measurement (benchmarks.common.at_latency)
+            return (
+                "PostgreSQL + moto S3 behind the latency bed (per measurement: the latency per request, "
+                "3x that per listing page / bulk delete unless --list-latencies)"
+            )
         return "PostgreSQL + moto S3" if self.store.name == "s3" else f"PostgreSQL + {self.store.label}"
+
+    def relocated(self) -> tuple[str, dict[str, str]]:
+        """relocate's target base path (through a second connection) and the configuration that reads it."""
+        base = self.store.url("relocated", conn_id=RELOCATE_CONN)
+        return base, {**self.backend_env, "AIRFLOW__COMMON_IO__STATE_STORE_OBJECTSTORAGE_PATH": base}
 
     def close(self) -> None:
         try:
@@ -271,7 +307,7 @@ class Bed:
     def build_schema_and_run(self) -> str:
         airflow_db_migrate(self.env)
         run_dag(self.env, DAG_SOURCE, self.work)  # plain rows: no worker backend configured
-        return self.sql("SELECT run_id FROM dag_run WHERE dag_id = %s", params=(DAG_ID,))[0][0]
+        return str(self.sql("SELECT run_id FROM dag_run WHERE dag_id = %s", params=(DAG_ID,))[0][0])
 
     def seed(self, count: int, lo: int, hi: int, seed: int) -> dict[str, int]:
         """Replace the bench rows with `count` plain rows and keep a copy to restore from."""
@@ -326,152 +362,192 @@ class Bed:
         return self.store.keys()
 
     def state(self) -> dict[str, Any]:
-        """A fingerprint of the end state: the value column (by id) and the objects."""
+        """A fingerprint of the end state: the value column (by id; and of the naive sample's rows), the objects."""
         digest, wrapped = self.sql(
             "SELECT md5(string_agg(md5(value), '' ORDER BY id)), "
             "COUNT(*) FILTER (WHERE value LIKE %s) FROM task_state_store",
             params=(f'{{"__airflow_state_ref__": "{self.store.scheme}://%',),
         )[0]
-        return {"values_md5": digest, "object_refs": int(wrapped), "objects": len(self.object_keys())}
+        state = {"values_md5": digest, "object_refs": int(wrapped), "objects": len(self.object_keys())}
+        if self.sample_ids:
+            state["sample_md5"] = self.sql(
+                "SELECT md5(string_agg(md5(value), '' ORDER BY id)) FROM task_state_store WHERE id = ANY(%s)",
+                params=(self.sample_ids,),
+            )[0][0]
+        return state
 
     # -- the runs -----------------------------------------------------------------------
-    def statectl(self, direction: str, *options: str) -> dict[str, Any]:
-        cmd = ["/usr/bin/time", "-f", "%M", STATECTL, "migrate", direction, "--yes", "-o", "json", *options]
-        before = self.requests.snapshot()
-        start = time.perf_counter()
-        proc = subprocess.run(cmd, env=self.backend_env, capture_output=True, text=True, check=False)
-        seconds = time.perf_counter() - start
-        if proc.returncode != 0:
-            raise RuntimeError(f"statectl migrate {direction} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-        summary = json.loads(proc.stdout)
-        peak_kib = int(proc.stderr.strip().splitlines()[-1])
+    def statectl(self, direction: str, *options: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+        cmd = [STATECTL, "--concurrency", str(self.concurrency), "migrate", direction, "--yes", "-o", "json", *options]
+        run = run_process(cmd, env or self.backend_env, self.requests)
+        summary = json.loads(run.pop("stdout"))
+        counts = run.pop("requests")
         return {
-            "seconds": round(seconds, 2),
-            "peak_rss_mib": round(peak_kib / 1024, 1),
+            **run,
             "actions": {k: v["rows"] for k, v in summary["actions"].items() if v["rows"]},
             "objects_written": summary["objects_written"],
             "objects_deleted": summary["objects_deleted"],
             "ok": summary["ok"],
-            **self.request_fields(self.requests.since(before)),
+            **self._request_fields(counts),
         }
 
     def request_fields(self, counts: Counter[Kind]) -> dict[str, Any]:
         """The requests a run sent: by method as "s3_requests" on S3 (as before --store), and by kind."""
-        fields: dict[str, Any] = {"s3_requests": by_method(counts)} if self.store.name == "s3" else {}
-        fields["requests"] = by_kind(counts)
+        return self._request_fields(by_kind(counts))
+
+    def _request_fields(self, kinds: dict[str, int]) -> dict[str, Any]:
+        fields: dict[str, Any] = {}
+        if self.store.name == "s3":
+            methods: Counter[str] = Counter()
+            for kind, n in kinds.items():
+                methods[kind.split(" ", 1)[0]] += n
+            fields["s3_requests"] = dict(methods)
+        fields["requests"] = kinds
         return fields
 
-    def naive(self, code: str) -> dict[str, Any]:
-        before = self.requests.snapshot()
-        start = time.perf_counter()
-        proc = subprocess.run([PYTHON, "-c", code, self.dsn], env=self.backend_env, capture_output=True, text=True)
-        seconds = time.perf_counter() - start
-        if proc.returncode != 0:
-            raise RuntimeError(f"naive baseline failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-        return {
-            "seconds": round(seconds, 2),
-            "rows": int(proc.stdout.strip().splitlines()[-1]),
-            **self.request_fields(self.requests.since(before)),
-        }
-
-    def floor(self, concurrency: int) -> dict[str, Any]:
-        """Time bare concurrent GETs and PUTs of the objects in the bucket (which stay as they were)."""
-        args = [PYTHON, "-c", FLOOR, json.dumps(self.store.floor_spec()), str(concurrency)]
-        env = {**os.environ, **self.store.client_env()}
-        proc = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"floor run failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-        return json.loads(proc.stdout)
+    def naive(
+        self,
+        code: str,
+        *args: str,
+        env: dict[str, str] | None = None,
+        sample: int = 0,
+        total: int | None = None,
+        fixed: dict[str, int] | None = None,
+    ) -> dict[str, Any]:
+        """A naive loop (``code`` with the DSN and ``args``), on ``sample`` of its rows (0: all), extrapolated to
+        ``total`` rows when it did fewer (benchmarks.common.run_naive)."""
+        env = env or self.backend_env
+        return run_naive(code, [self.dsn, *args], env, self.requests, sample=sample, total=total, fixed=fixed)
 
 
-def load() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+def cpu_work(bed: Bed, compression: str) -> dict[str, Any]:
+    """The unavoidable CPU of the three directions, measured here once: the process start that resolves the
+    connection, gzip (the provider's level, 9) of the values that go to objects, and gunzip of those objects."""
+    import gzip
+
+    values = [v.encode() for (v,) in bed.sql(f"SELECT value FROM {SEED_TABLE} ORDER BY id")]
+    bound = [v for v in values if len(v) >= bed.threshold]  # the rows' text is the value's json.dumps
+    blobs: list[bytes] = []
+    gzip_s = gunzip_s = 0.0
+    if compression == "gzip":
+        gzip_s = thread_cpu(lambda: blobs.extend(gzip.compress(v, 9, mtime=0) for v in bound))
+        gunzip_s = gunzip_cpu(blobs)
+    return {
+        "objects": len(bound),
+        "object_value_bytes": sum(map(len, bound)),
+        "start_s": process_start_cpu(bed.backend_env, bed.store),
+        "gzip_s": gzip_s,
+        "gunzip_s": gunzip_s,
+    }
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+def works(cpu: dict[str, Any]) -> dict[str, Work]:
+    objects, start = cpu["objects"], cpu["start_s"]
+    bulk = math.ceil(objects / 1000)
+    return {
+        "to-bucket": Work(
+            f"1 PUT per object ({objects:,})", ops=objects, cpu={"start": start, "gzip -9": cpu["gzip_s"]}
+        ),
+        "relocate": Work(
+            f"1 GET + 1 PUT per object ({objects:,}), bulk deletes: {bulk}",
+            ops=2 * objects,
+            bulk=bulk,
+            cpu={"start": start},
+        ),
+        "to-metastore": Work(
+            f"1 GET per object ({objects:,}), bulk deletes: {bulk}",
+            ops=objects,
+            bulk=bulk,
+            cpu={"start": start, "gunzip": cpu["gunzip_s"]},
+        ),
+    }
+
+
+def at_one_latency(bed: Bed, latency: Latency, args: argparse.Namespace, plain: dict[str, Any]) -> dict[str, Any]:
+    """statectl's chain, then the naive chain, from the seeded rows each time."""
+    store, sample = bed.store, args.naive_sample
+    new_base, relocated_env = bed.relocated()
+    runs: dict[str, Any] = {}
+    states: dict[str, Any] = {}
+    bed.reset()
+    for tool in ("statectl", "naive"):
+        for direction in ("to-bucket", "relocate", "to-metastore"):
+            log(f"{latency.label}: {tool} {direction}")
+            with at_latency(store, latency):
+                if tool == "statectl":
+                    options = ("--to", new_base) if direction == "relocate" else ()
+                    env = relocated_env if direction == "to-metastore" else None
+                    run = bed.statectl(direction, *options, env=env)
+                elif direction == "to-bucket":
+                    run = bed.naive(NAIVE_TO_BUCKET, sample=sample, total=plain["rows"])
+                elif direction == "relocate":
+                    run = bed.naive(NAIVE_RELOCATE, bed.base, new_base, total=states["statectl to-bucket"]["objects"])
+                else:
+                    code = naive_to_metastore(store.scheme)
+                    run = bed.naive(code, env=relocated_env, total=states["statectl to-bucket"]["object_refs"])
+            runs[f"{tool} {direction}"] = run
+            states[f"{tool} {direction}"] = bed.state()
+            log(f"  {run['seconds']} s; {run['requests']}")
+        bed.reset()
+    key = "sample_md5" if sample else "values_md5"
+    checks = {
+        f"{d}_same_rows_as_statectl": states[f"naive {d}"][key] == states[f"statectl {d}"][key]
+        for d in ("to-bucket", "relocate")
+    }
+    checks.update(
+        statectl_to_metastore_back_to_plain_rows=states["statectl to-metastore"]["values_md5"] == plain["values_md5"],
+        naive_to_metastore_back_to_plain_rows=states["naive to-metastore"]["values_md5"] == plain["values_md5"],
+        objects_after_to_metastore=states["statectl to-metastore"]["objects"],
+        objects_after_naive_to_metastore=states["naive to-metastore"]["objects"],
+    )
+    if not sample:
+        checks["to_bucket_same_object_count_as_naive"] = (
+            states["statectl to-bucket"]["objects"] == states["naive to-bucket"]["objects"]
+        )
+    return {"runs": runs, "states": states, "checks": checks}
 
 
 def side_by_side(bed: Bed, args: argparse.Namespace) -> dict[str, Any]:
     seeded = bed.seed(args.rows, args.min_bytes, args.max_bytes, args.seed)
     log(f"seeded {seeded}")
     bed.reset()
-    plain = bed.state()
-
+    plain = {**bed.state(), "rows": seeded["rows"]}
+    if args.naive_sample:
+        ids = [i for (i,) in bed.sql("SELECT id FROM task_state_store ORDER BY id")]
+        bed.sample_ids = sample_of(ids, args.naive_sample)
+    log("CPU of the unavoidable work (process start, gzip -9 and gunzip of the objects' values)")
+    cpu = cpu_work(bed, args.compression)
+    log(f"  {cpu}")
     # Warm-up (bytecode cache, page cache) for both tools: a dry run and the baseline's imports.
     bed.statectl("to-bucket", "--dry-run")
     bed.naive(NAIVE_PRELUDE + "print(0)")
-    log("statectl migrate to-bucket (1)")
-    s_tb1 = bed.statectl("to-bucket")
-    in_bucket = bed.state()
-    log(f"  {s_tb1}")
 
-    bed.reset()
-    log("naive to-bucket")
-    n_tb = bed.naive(NAIVE_TO_BUCKET)
-    naive_in_bucket = bed.state()
-    log(f"  {n_tb}")
-
-    log("naive to-metastore")
-    n_tm = bed.naive(naive_to_metastore(bed.store.scheme))
-    naive_back = bed.state()
-    log(f"  {n_tm}")
-
-    bed.reset()
-    log("statectl migrate to-bucket (2)")
-    s_tb2 = bed.statectl("to-bucket")
-    in_bucket2 = bed.state()
-    log(f"  {s_tb2}")
-    log("emulator floor: bare concurrent GETs, then PUTs of the same objects")
-    floor = bed.floor(args.concurrency)
-    log(f"  {floor}")
-    log("statectl migrate to-metastore")
-    s_tm = bed.statectl("to-metastore")
-    back = bed.state()
-    log(f"  {s_tm}")
-
-    s_tb = (s_tb1["seconds"] + s_tb2["seconds"]) / 2
-    objects = in_bucket["objects"]
+    needs = works(cpu)
+    per_latency, results = {}, []
+    for latency in latencies(args):
+        measured = at_one_latency(bed, latency, args, plain)
+        per_latency[latency.label] = measured
+        log(f"  checks: {measured['checks']}")
+        for direction in ("to-bucket", "relocate", "to-metastore"):
+            results.append(
+                {
+                    "operation": f"migrate {direction}",
+                    "latency": latency.label,
+                    "statectl": measured["runs"][f"statectl {direction}"],
+                    "naive": measured["runs"][f"naive {direction}"],
+                    "floor": floor(needs[direction], latency, args.concurrency),
+                    "targets": TARGETS if latency.op_ms else {},
+                }
+            )
     return {
-        "data": {**seeded, "value_sizes": f"log-uniform {args.min_bytes}..{args.max_bytes} B, seed {args.seed}"},
-        "to_bucket": {
-            "statectl_s": round(s_tb, 2),
-            "statectl_runs": [s_tb1, s_tb2],
-            "naive_s": n_tb["seconds"],
-            "ratio_naive_over_statectl": round(n_tb["seconds"] / s_tb, 1),
-            "emulator_floor_s": floor["put_s"],
-            "ratio_naive_over_floor": round(n_tb["seconds"] / floor["put_s"], 1),
-            "requests_per_object": {
-                "objects": objects,
-                "statectl": [per_object(run["requests"], objects) for run in (s_tb1, s_tb2)],
-                "naive": per_object(n_tb["requests"], objects),
-            },
+        "data": {
+            **seeded,
+            "objects": cpu["objects"],
+            "value_sizes": f"log-uniform {args.min_bytes}..{args.max_bytes} B, seed {args.seed}",
         },
-        "to_metastore": {
-            "statectl_s": s_tm["seconds"],
-            "statectl_run": s_tm,
-            "naive_s": n_tm["seconds"],
-            "ratio_naive_over_statectl": round(n_tm["seconds"] / s_tm["seconds"], 1),
-            "emulator_floor_s": floor["get_s"],
-            "ratio_naive_over_floor": round(n_tm["seconds"] / floor["get_s"], 1),
-            "requests_per_object": {
-                "objects": objects,
-                "statectl": per_object(s_tm["requests"], objects),
-                "naive": per_object(n_tm["requests"], objects),
-            },
-        },
-        "emulator_floor": floor,
-        "checks": {
-            "to_bucket_same_rows_as_naive": in_bucket["values_md5"] == naive_in_bucket["values_md5"],
-            "to_bucket_same_object_count_as_naive": in_bucket["objects"] == naive_in_bucket["objects"],
-            "to_bucket_rerun_same_rows": in_bucket2["values_md5"] == in_bucket["values_md5"],
-            "to_metastore_back_to_plain_rows": back["values_md5"] == plain["values_md5"],
-            "naive_to_metastore_back_to_plain_rows": naive_back["values_md5"] == plain["values_md5"],
-            "objects_after_to_metastore": back["objects"],
-            "objects_in_bucket_after_to_bucket": in_bucket["objects"],
-            "objects_in_bucket_after_naive_to_bucket": naive_in_bucket["objects"],
-            "object_refs_after_to_bucket": in_bucket["object_refs"],
-        },
+        "cpu": cpu,
+        "latencies": per_latency,
+        "results": results,
     }
 
 
@@ -494,7 +570,7 @@ def memory(bed: Bed, args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--store", choices=STORES, default="s3", help="the object store (default: moto's S3)")
+    add_latency_options(parser)
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--big-rows", type=int, default=100_000)
     parser.add_argument("--min-bytes", type=int, default=100)
@@ -504,18 +580,16 @@ def main() -> None:
     parser.add_argument("--compression", default="gzip")
     parser.add_argument("--seed", type=int, default=20260101)
     parser.add_argument("--skip-memory", action="store_true")
-    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight for the floor runs")
+    parser.add_argument("--memory-only", action="store_true", help="only the peak-memory runs (undelayed)")
     args = parser.parse_args()
-    # A killed run still stops its PostgreSQL cluster and its object store, and removes its files (the finally
-    # below; Bed stops what it had started if the signal comes while it starts).
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-
-    report: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "load_before": load()},
-        "config": {"threshold": args.threshold, "compression": args.compression},
-    }
+    if args.memory_only and args.skip_memory:
+        parser.error("--memory-only and --skip-memory exclude each other")
+    latencies(args)  # refuse bad --latencies before the set-up
+    report = new_report()  # (Bed stops what it had started if SIGTERM comes while it starts)
+    report["config"] = {"threshold": args.threshold, "compression": args.compression, "concurrency": args.concurrency}
     with tempfile.TemporaryDirectory(prefix="statectl-bench-migrate-") as tmp:
         bed = Bed(Path(tmp), args.threshold, args.compression, args.store)
+        bed.concurrency = args.concurrency
         report["config"]["store"] = bed.label
         try:
             started = time.perf_counter()
@@ -523,13 +597,37 @@ def main() -> None:
             report["config"]["base_path"] = bed.base
             report["setup_s"] = round(time.perf_counter() - started, 1)
             log(f"schema + dag run {run_id} in {report['setup_s']} s")
-            report.update(side_by_side(bed, args))
+            if not args.memory_only:
+                report.update(side_by_side(bed, args))
             if not args.skip_memory:
                 report["peak_memory_to_bucket"] = memory(bed, args)
         finally:
             bed.close()
-    report["machine"]["load_after"] = load()
-    print(json.dumps(report, indent=2))
+    write_json(report, args.out, f"bench-migrate-{args.store}-{args.rows}")
+    print(render(report, args))
+
+
+def render(report: dict[str, Any], args: argparse.Namespace) -> str:
+    lines = [heading(report)]
+    if "data" in report:
+        data = report["data"]
+        lines += [
+            f"{data['rows']:,} rows ({data['value_sizes']}, {data['bench_value_bytes'] / 1e6:.0f} MB of values); "
+            f"threshold {args.threshold} B, {args.compression}: {data['objects']:,} objects; concurrency "
+            f"{args.concurrency}",
+            "",
+            *table(report["results"]),
+            "",
+        ]
+        for label, measured in report["latencies"].items():
+            lines.append(f"checks at {label}: " + ", ".join(f"{k}={v}" for k, v in measured["checks"].items()))
+    mem = report.get("peak_memory_to_bucket")
+    if mem:
+        runs = ", ".join(f"{int(n):,} rows: {r['peak_rss_mib']} MiB" for n, r in mem["runs"].items())
+        lines.append(
+            f"peak RSS of migrate to-bucket ({mem['value_sizes']}): {runs}; ratio {mem['peak_ratio_big_over_small']}"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 (not a timed test).
 
 The bed of benchmarks/bench_migrate.py: a throwaway PostgreSQL cluster built by `airflow db migrate`, an object
-store on 127.0.0.1 reached through an Airflow connection (--store s3|gcs|azure, benchmarks/stores.py: requests
-counted by method and kind), one real `dag.test()` run for the dag run, the task instances and the assets, and the
+store on 127.0.0.1 reached through an Airflow connection (--store s3-latency, the default: moto's S3 behind
+benchmarks/latency_bed.py's delays, measured at each of --latencies; or s3, gcs, azure; benchmarks/stores.py:
+requests counted by kind), one real `dag.test()` run for the dag run, the task instances and the assets, and the
 object storage backend configured as workers have it (--threshold 1024 and --compression gzip by default: small
 values inline, larger ones in objects).
 
@@ -21,18 +22,17 @@ to-bucket --yes`, as bench_migrate's seed does.
    snap.jsonl.gz --yes` against a script that reads statectl's snapshot line by line and, per line, writes the value
    through the provider (serialize_*_to_ref, which writes the object) and INSERTs the row, committing per row. Both
    must end in the seeded state: the same value text (and expires_at) per address, the same object keys.
-3. A floor per operation, the larger of:
-   - latency: one request per object (a GET to export, a PUT to import) x the median single-request latency
-     (measured serially by a bare fsspec client of the store, no Airflow, on a sample of the objects) / the
-     concurrency statectl uses (--concurrency);
-   - CPU: the unavoidable gzip + JSON work on one core, timed over the same values (export: gunzip each object and
-     parse its JSON, dump each line and gzip the snapshot at --snapshot-level, statectl's level, 6; import: gunzip and
-     parse the snapshot, dump each value and gzip each object at level 9, the provider's; the table also shows what
-     the snapshot's gzip costs at levels 9 and 1; the naive loop's gzip.open writes level 9).
-   Also shown, not part of that floor: the store-bound time, one request per object x the time per request measured
-   with --concurrency requests in flight (what this emulator can serve at best: moto is one Python process).
-   Order: statectl export (--statectl-runs times), naive export, then per import run the state wiped: statectl
-   import (--statectl-runs times), naive import; then the probe and the CPU floor.
+   --naive-sample N: each naive loop on every k-th row / line, N in all, extrapolated linearly (labelled); the
+   naive export's lines are then checked to be statectl's, and the naive import to have written its N rows.
+3. At each latency (the seeded state for each): statectl export (--statectl-runs times, median), naive export,
+   then per import run the state wiped: statectl import (--statectl-runs times), naive import. The floor per
+   operation (benchmarks/common.py) is the larger of
+   - latency: one request per object (a GET to export, a PUT to import) x the latency / --concurrency;
+   - CPU: the process start that resolves the connection, plus the unavoidable gzip + JSON work on one core, timed
+     over the same values once per run (export: gunzip each object and parse its JSON, dump each line and gzip the
+     snapshot at --snapshot-level, statectl's level, 6; import: gunzip and parse the snapshot, dump each value and
+     gzip each object at level 9, the provider's; the report also shows what the snapshot's gzip costs at levels 9
+     and 1; the naive loop's gzip.open writes level 9).
 4. Peak RSS (ru_maxrss of the child, via /usr/bin/time) of `statectl export` and `statectl import` at --rows and at
    --big-rows rows, with values up to --mem-max-bytes so that the bucket stays a sane size; the ratio big/small
    (each size seeded as above; --memory-only runs this part alone, --skip-memory skips it).
@@ -42,8 +42,9 @@ summary of each: the main thread only, where object I/O on the filesystem's even
 
 Prints a table; writes every figure as JSON to --out (default: a file in the temp directory, named on stderr).
 
-Usage: .venv/bin/python benchmarks/bench_transfer.py [--store s3|gcs|azure] [--rows 20000] [--big-rows 100000]
-       [--mem-max-bytes 20000] [--skip-memory | --memory-only] [--profile DIR] [--out result.json]
+Usage: .venv/bin/python benchmarks/bench_transfer.py [--store s3-latency|s3|gcs|azure] [--latencies 0,20]
+       [--rows 20000] [--naive-sample N] [--big-rows 100000] [--mem-max-bytes 20000] [--skip-memory | --memory-only]
+       [--profile DIR] [--out result.json]
 """
 
 from __future__ import annotations
@@ -51,9 +52,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -65,8 +64,22 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_migrate import STATECTL, Bed, _text_pool, load, log, make_value, value_sizes  # noqa: E402
-from benchmarks.stores import STORES, by_kind  # noqa: E402
+from benchmarks.bench_migrate import Bed, _text_pool, make_value, value_sizes  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    NAIVE_SAMPLING,
+    STATECTL,
+    Work,
+    add_latency_options,
+    at_latency,
+    floor,
+    latencies,
+    log,
+    new_report,
+    process_start_cpu,
+    run_process,
+    write_json,
+)
+from benchmarks.common import table as common_table  # noqa: E402
 from tests.infra import PYTHON, airflow_db_migrate, run_dag  # noqa: E402
 
 DAG_ID = "bench_transfer"
@@ -98,8 +111,10 @@ if __name__ == "__main__":
     dag.test()
 """
 
-NAIVE_IMPORTS = """
-import gzip, hashlib, json, sys, psycopg2
+NAIVE_IMPORTS = (
+    NAIVE_SAMPLING
+    + """
+import gzip, hashlib, json, sys, time, psycopg2
 from airflow.sdk.state import AssetScope, TaskScope
 from airflow.providers.common.io.state_store.backend import StateStoreObjectStorageBackend
 
@@ -108,6 +123,7 @@ conn = psycopg2.connect(sys.argv[1])
 cur = conn.cursor()
 REF = "__airflow_state_ref__"
 """
+)
 
 # What a user would write to snapshot every value: a plain cursor over the rows, the provider's deserialize for
 # each ref row, one gzip-compressed JSON line per row.
@@ -125,21 +141,24 @@ def line(scope, key, value, expires_at):
     sha256 = hashlib.sha256(canonical.encode()).hexdigest()
     return json.dumps({"scope": scope, "key": key, "value": value, "sha256": sha256, "expires_at": expires_at}) + "\\n"
 
-count = 0
+cur.execute('SELECT dag_id, run_id, task_id, map_index, "key", value, expires_at FROM task_state_store ORDER BY id')
+rows = [("task", row) for row in cur.fetchall()]
+cur.execute('SELECT a.name, a.uri, s."key", s.value FROM asset_state_store s JOIN asset a ON a.id = s.asset_id '
+            'ORDER BY s.asset_id, s."key"')
+rows = sample(rows + [("asset", row) for row in cur.fetchall()])
+started = time.perf_counter()
 with gzip.open(sys.argv[2], "wt", encoding="utf-8") as out:
-    cur.execute('SELECT dag_id, run_id, task_id, map_index, "key", value, expires_at FROM task_state_store ORDER BY id')
-    for dag_id, run_id, task_id, map_index, key, text, expires_at in cur:
-        value = decoded(text, backend.deserialize_task_state_store_from_ref)
-        scope = {"dag_id": dag_id, "run_id": run_id, "task_id": task_id, "map_index": map_index}
-        out.write(line(scope, key, value, expires_at.isoformat() if expires_at else None))
-        count += 1
-    cur.execute('SELECT a.name, a.uri, s."key", s.value FROM asset_state_store s JOIN asset a ON a.id = s.asset_id '
-                'ORDER BY s.asset_id, s."key"')
-    for name, uri, key, text in cur:
-        value = decoded(text, backend.deserialize_asset_state_store_from_ref)
-        out.write(line({"asset_name": name, "asset_uri": uri}, key, value, None))
-        count += 1
-print(count)
+    for kind, row in rows:
+        if kind == "task":
+            dag_id, run_id, task_id, map_index, key, text, expires_at = row
+            value = decoded(text, backend.deserialize_task_state_store_from_ref)
+            scope = {"dag_id": dag_id, "run_id": run_id, "task_id": task_id, "map_index": map_index}
+            out.write(line(scope, key, value, expires_at.isoformat() if expires_at else None))
+        else:
+            name, uri, key, text = row
+            value = decoded(text, backend.deserialize_asset_state_store_from_ref)
+            out.write(line({"asset_name": name, "asset_uri": uri}, key, value, None))
+done(len(rows), started)
 """
 )
 
@@ -148,9 +167,11 @@ print(count)
 NAIVE_IMPORT = (
     NAIVE_IMPORTS
     + """
-runs, assets, count = {}, {}, 0
+runs, assets = {}, {}
 with gzip.open(sys.argv[2], "rt", encoding="utf-8") as lines:
     next(lines)  # the header line
+    lines = sample(lines)
+    started = time.perf_counter()
     for text in lines:
         record = json.loads(text)
         key, value = record["key"], record["value"]
@@ -183,63 +204,9 @@ with gzip.open(sys.argv[2], "rt", encoding="utf-8") as lines:
                  writer.get("run_id"), writer.get("task_id"), writer.get("map_index")),
             )
         conn.commit()
-        count += 1
-print(count)
+done(len(lines), started)
 """
 )
-
-# The store's latency and throughput for one object: a sample of the objects fetched one at a time (median GET) and
-# written one at a time under a scratch prefix (median PUT), then the same with `concurrency` in flight (time per
-# request). The store's own fsspec filesystem, built directly (no Airflow), one request per object.
-PROBE = """
-import asyncio, json, statistics, sys, time
-from fsspec.asyn import sync
-spec, samples, concurrency = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-bucket = spec["bucket"]
-cat_kwargs, pipe_kwargs = {}, {}
-if spec["store"] == "s3":
-    import s3fs
-    fs = s3fs.S3FileSystem(key="statectl", secret="statectl", client_kwargs={"endpoint_url": spec["endpoint"],
-                           "region_name": "us-east-1"})
-    cat_kwargs = {"max_concurrency": 1}
-elif spec["store"] == "gcs":
-    import gcsfs
-    fs = gcsfs.GCSFileSystem(endpoint_url=spec["endpoint"], token="anon", project="test")
-else:
-    import adlfs
-    fs = adlfs.AzureBlobFileSystem(connection_string=spec["connection_string"])
-    pipe_kwargs = {"overwrite": True}
-keys = sorted(fs.find(f"{bucket}/state"))
-step = max(len(keys) // samples, 1)
-sample = keys[::step][:samples]
-scratch = [f"{bucket}/latency-probe/{i:05d}" for i in range(len(sample))]
-async def timed(make):
-    start = time.perf_counter()
-    result = await make()
-    return time.perf_counter() - start, result
-async def serial(make, items):
-    return [await timed(lambda item=item: make(item)) for item in items]
-async def concurrent(make, items):
-    semaphore = asyncio.Semaphore(concurrency)
-    async def one(item):
-        async with semaphore:
-            return await make(item)
-    start = time.perf_counter()
-    results = await asyncio.gather(*(one(item) for item in items))
-    return time.perf_counter() - start, results
-gets = sync(fs.loop, serial, lambda k: fs._cat_file(k, **cat_kwargs), sample)
-bodies = [body for _, body in gets]
-puts = sync(fs.loop, serial, lambda i: fs._pipe_file(scratch[i], bodies[i], **pipe_kwargs), range(len(sample)))
-get_wall, _ = sync(fs.loop, concurrent, lambda k: fs._cat_file(k, **cat_kwargs), sample)
-put_wall, _ = sync(fs.loop, concurrent, lambda i: fs._pipe_file(scratch[i], bodies[i], **pipe_kwargs),
-                   range(len(sample)))
-fs.rm(scratch)
-print(json.dumps({
-    "objects": len(keys), "sample": len(sample), "sample_bytes_median": int(statistics.median(map(len, bodies))),
-    "get_median_s": statistics.median(s for s, _ in gets), "put_median_s": statistics.median(s for s, _ in puts),
-    "get_per_request_in_flight_s": get_wall / len(sample), "put_per_request_in_flight_s": put_wall / len(sample),
-}))
-"""
 
 # The unavoidable CPU of each direction, on one core, over the values of statectl's snapshot: what any tool must do
 # to turn these rows and objects into a gzip JSON Lines file, and back.
@@ -421,19 +388,10 @@ class TransferBed(Bed):
     # -- the runs -----------------------------------------------------------------------
     def run_statectl(self, *args: str, concurrency: int) -> dict[str, Any]:
         """One whole `statectl` process (-o json), with its peak RSS and the requests the store served meanwhile."""
-        cmd = ["/usr/bin/time", "-f", "%M", STATECTL, "--concurrency", str(concurrency), *args, "-o", "json"]
-        before = self.requests.snapshot()
-        start = time.perf_counter()
-        proc = subprocess.run(cmd, env=self.backend_env, capture_output=True, text=True, check=False)
-        seconds = time.perf_counter() - start
-        if proc.returncode != 0:
-            raise RuntimeError(f"statectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-        return {
-            "seconds": round(seconds, 2),
-            "peak_rss_mib": round(int(proc.stderr.strip().splitlines()[-1]) / 1024, 1),
-            "summary": json.loads(proc.stdout),
-            "requests": by_kind(self.requests.since(before)),
-        }
+        cmd = [STATECTL, "--concurrency", str(concurrency), *args, "-o", "json"]
+        run = run_process(cmd, self.backend_env, self.requests)
+        run["summary"] = json.loads(run.pop("stdout"))
+        return run
 
     def profile(self, name: str, folder: Path, *args: str, concurrency: int) -> dict[str, Any]:
         """One more `statectl` run under cProfile (the main thread only: object I/O on the filesystem's event loop
@@ -454,28 +412,6 @@ class TransferBed(Bed):
         stats.sort_stats("cumulative").print_stats("statectl/", 30)
         (folder / f"{name}.txt").write_text(text.getvalue())
         return {"seconds": round(seconds, 2), "prof": str(prof), "summary": str(folder / f"{name}.txt")}
-
-    def run_naive(self, code: str, *args: str) -> dict[str, Any]:
-        before = self.requests.snapshot()
-        start = time.perf_counter()
-        proc = subprocess.run(
-            [PYTHON, "-c", code, self.dsn, *args], env=self.backend_env, capture_output=True, text=True, check=False
-        )
-        seconds = time.perf_counter() - start
-        if proc.returncode != 0:
-            raise RuntimeError(f"naive loop failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-        return {
-            "seconds": round(seconds, 2),
-            "rows": int(proc.stdout.strip().splitlines()[-1]),
-            "requests": by_kind(self.requests.since(before)),
-        }
-
-    def probe(self, samples: int, concurrency: int) -> dict[str, Any]:
-        args = [PYTHON, "-c", PROBE, json.dumps(self.store.floor_spec()), str(samples), str(concurrency)]
-        proc = subprocess.run(args, env={**os.environ, **self.store.client_env()}, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"latency probe failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-        return {k: round(v, 5) if isinstance(v, float) else v for k, v in json.loads(proc.stdout).items()}
 
 
 def cpu_floor(snapshot: Path, threshold: int, level: int) -> dict[str, Any]:
@@ -509,7 +445,7 @@ def statectl_entries(path: Path) -> set[tuple[Any, ...]]:
 def naive_entries(path: Path) -> set[tuple[Any, ...]]:
     import gzip
 
-    entries = set()
+    entries: set[tuple[Any, ...]] = set()
     with gzip.open(path, "rt", encoding="utf-8") as lines:
         for text in lines:
             r = json.loads(text)
@@ -524,117 +460,123 @@ def naive_entries(path: Path) -> set[tuple[Any, ...]]:
 # -- the benchmark --------------------------------------------------------------------------
 
 
-def floor_for(objects: int, median_s: float, in_flight_s: float, cpu_s: float, concurrency: int) -> dict[str, Any]:
-    latency = objects * median_s / concurrency
-    return {
-        "floor_s": round(max(latency, cpu_s), 2),
-        "bound_by": "latency" if latency >= cpu_s else "cpu",
-        "latency_floor_s": round(latency, 2),
-        "cpu_floor_s": cpu_s,
-        "store_bound_s": round(objects * in_flight_s, 2),
-    }
-
-
 def side_by_side(bed: TransferBed, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     seeded = bed.seed(args.rows, args.min_bytes, args.max_bytes, args.seed)
     log(f"seeded {seeded}")
     seed_state = bed.state()
     objects = seed_state["objects"]
     conc = args.concurrency
+    total = seeded["task_rows"] + seeded["asset_rows"]
+    statectl_file, naive_file = work / "statectl.jsonl.gz", work / "naive.jsonl.gz"
 
     # Warm-up (bytecode cache, page cache) for both tools: an export that selects nothing, the baseline's imports.
     bed.run_statectl("export", "--key", "no-such-key", "--file", str(work / "warm.jsonl"), concurrency=conc)
-    bed.run_naive(NAIVE_IMPORTS + "print(0)")
+    bed.naive(NAIVE_IMPORTS + "print(0)")
 
-    exports = []
-    for n in range(args.statectl_runs):
-        log(f"statectl export ({n + 1})")
-        run = bed.run_statectl("export", "--file", str(work / "statectl.jsonl.gz"), concurrency=conc)
-        run["file_bytes"] = (work / "statectl.jsonl.gz").stat().st_size
-        exports.append(run)
-        log(f"  {_brief(run)}")
-    log("naive export")
-    n_export = bed.run_naive(NAIVE_EXPORT, str(work / "naive.jsonl.gz"))
-    n_export["file_bytes"] = (work / "naive.jsonl.gz").stat().st_size
-    log(f"  {_brief(n_export)}")
-    same_content = statectl_entries(work / "statectl.jsonl.gz") == naive_entries(work / "naive.jsonl.gz")
-    unchanged_by_export = bed.state() == seed_state
+    per_latency: dict[str, Any] = {}
+    results: list[dict[str, Any]] = []
+    cpu: dict[str, Any] = {}
+    for latency in latencies(args):
+        exports, imports, import_states = [], [], []
+        for n in range(args.statectl_runs):
+            log(f"{latency.label}: statectl export ({n + 1})")
+            with at_latency(bed.store, latency):
+                run = bed.run_statectl("export", "--file", str(statectl_file), concurrency=conc)
+            run["file_bytes"] = statectl_file.stat().st_size
+            exports.append(run)
+            log(f"  {_brief(run)}")
+        log(f"{latency.label}: naive export")
+        with at_latency(bed.store, latency):
+            n_export = bed.naive(NAIVE_EXPORT, str(naive_file), sample=args.naive_sample, total=total)
+        log(f"  {_brief(n_export)}")
+        mine, theirs = statectl_entries(statectl_file), naive_entries(naive_file)
+        unchanged_by_export = bed.state() == seed_state
 
-    imports, import_states = [], []
-    for n in range(args.statectl_runs):
+        for n in range(args.statectl_runs):
+            bed.wipe()
+            log(f"{latency.label}: statectl import ({n + 1})")
+            with at_latency(bed.store, latency):
+                run = bed.run_statectl("import", str(statectl_file), "--yes", concurrency=conc)
+            imports.append(run)
+            import_states.append(bed.state())
+            log(f"  {_brief(run)}")
         bed.wipe()
-        log(f"statectl import ({n + 1})")
-        run = bed.run_statectl("import", str(work / "statectl.jsonl.gz"), "--yes", concurrency=conc)
-        imports.append(run)
-        import_states.append(bed.state())
-        log(f"  {_brief(run)}")
-    bed.wipe()
-    log("naive import")
-    n_import = bed.run_naive(NAIVE_IMPORT, str(work / "statectl.jsonl.gz"))
-    naive_state = bed.state()
-    log(f"  {_brief(n_import)}")
+        log(f"{latency.label}: naive import")
+        with at_latency(bed.store, latency):
+            n_import = bed.naive(NAIVE_IMPORT, str(statectl_file), sample=args.naive_sample, total=total)
+        naive_state = bed.state()
+        log(f"  {_brief(n_import)}")
+        if n_import.get("extrapolated"):  # the rest of the seeded state, for the next latency and the profile
+            bed.wipe()
+            bed.run_statectl("import", str(statectl_file), "--yes", concurrency=conc)
 
-    profiles = {}
-    if args.profile is not None:  # the bucket and rows are in the seeded state again (the naive import's)
+        if not cpu:
+            log(f"the unavoidable CPU: process start, gzip + JSON over the snapshot's {total:,} values")
+            cpu = cpu_floor(statectl_file, args.threshold, args.snapshot_level)
+            cpu["start_s"] = process_start_cpu(bed.backend_env, bed.store)
+            log(f"  {cpu}")
+        sampled = bool(n_export.get("extrapolated") or n_import.get("extrapolated"))
+        checks: dict[str, Any] = {
+            "export_left_state_unchanged": unchanged_by_export,
+            "import_statectl_ends_in_seeded_state": all(s == seed_state for s in import_states),
+        }
+        if sampled:
+            checks["export_naive_lines_are_statectl_lines"] = theirs <= mine and len(theirs) == n_export["rows"]
+            checks["import_naive_wrote_its_sample"] = naive_state["rows"] == n_import["rows"]
+        else:
+            checks.update(
+                export_same_scope_key_sha256_as_naive=mine == theirs,
+                export_same_line_count_as_naive=all(r["summary"]["keys"] == n_export["rows"] for r in exports),
+                import_naive_ends_in_seeded_state=naive_state == seed_state,
+                import_statectl_same_as_naive=all(s == naive_state for s in import_states),
+            )
+        per_latency[latency.label] = {"checks": checks}
+        start = cpu["start_s"]
+        needs = {
+            "export": Work(
+                f"1 GET per object ({objects:,})", ops=objects, cpu={"start": start, "JSON + gzip": cpu["export_s"]}
+            ),
+            "import": Work(
+                f"1 PUT per object ({objects:,})", ops=objects, cpu={"start": start, "JSON + gzip": cpu["import_s"]}
+            ),
+        }
+        for op, runs, naive in (("export", exports, n_export), ("import", imports, n_import)):
+            statectl = dict(runs[-1])
+            statectl["seconds"] = round(statistics.median(r["seconds"] for r in runs), 2)
+            statectl["runs_s"] = [r["seconds"] for r in runs]
+            results.append(
+                {
+                    "operation": op,
+                    "latency": latency.label,
+                    "statectl": statectl,
+                    "naive": naive,
+                    "floor": floor(needs[op], latency, conc),
+                }
+            )
+
+    profiles: dict[str, Any] = {}
+    if args.profile is not None:  # the bucket and rows are in the seeded state again
         args.profile.mkdir(parents=True, exist_ok=True)
         log(f"profiling statectl export and import (cProfile) into {args.profile}")
         export_args = ("export", "--file", str(work / "profiled.jsonl.gz"))
         profiles["export"] = bed.profile("export", args.profile, *export_args, concurrency=conc)
         bed.wipe()
-        import_args = ("import", str(work / "statectl.jsonl.gz"), "--yes")
+        import_args = ("import", str(statectl_file), "--yes")
         profiles["import"] = bed.profile("import", args.profile, *import_args, concurrency=conc)
         profiles["import_ends_in_seeded_state"] = bed.state() == seed_state
         log(f"  {profiles}")
 
-    log(f"floors: latency probe ({args.probe_samples} objects) and the CPU of gzip + JSON")
-    probe = bed.probe(args.probe_samples, conc)
-    cpu = cpu_floor(work / "statectl.jsonl.gz", args.threshold, args.snapshot_level)
-    log(f"  {probe} {cpu}")
-
-    def side(runs: list[dict[str, Any]], naive: dict[str, Any], floor: dict[str, Any]) -> dict[str, Any]:
-        s = statistics.median(r["seconds"] for r in runs)
-        return {
-            "statectl_s": round(s, 2),
-            "statectl_runs": runs,
-            "naive_s": naive["seconds"],
-            "naive_run": naive,
-            "ratio_naive_over_statectl": round(naive["seconds"] / s, 2),
-            **floor,
-            "ratio_statectl_over_floor": round(s / floor["floor_s"], 2) if floor["floor_s"] else None,
-            "requests": {"objects": objects, "statectl": runs[-1]["requests"], "naive": naive["requests"]},
-        }
-
-    export_floor = floor_for(
-        objects, probe["get_median_s"], probe["get_per_request_in_flight_s"], cpu["export_s"], conc
-    )
-    import_floor = floor_for(
-        objects, probe["put_median_s"], probe["put_per_request_in_flight_s"], cpu["import_s"], conc
-    )
     return {
         "data": {
             **seeded,
             "value_sizes": f"log-uniform {args.min_bytes}..{args.max_bytes} B, seed {args.seed}",
-            "snapshot_bytes": exports[-1]["file_bytes"],
+            "snapshot_bytes": statectl_file.stat().st_size,
         },
-        "export": side(exports, n_export, export_floor),
-        "import": side(imports, n_import, import_floor),
-        "probe": probe,
+        "results": results,
+        "latencies": per_latency,
         "cpu": cpu,
+        "seed_state": seed_state,
         **({"profiles": profiles} if profiles else {}),
-        "checks": {
-            "export_same_scope_key_sha256_as_naive": same_content,
-            "export_same_line_count_as_naive": all(r["summary"]["keys"] == n_export["rows"] for r in exports),
-            "export_left_state_unchanged": unchanged_by_export,
-            "import_statectl_ends_in_seeded_state": all(s == seed_state for s in import_states),
-            "import_naive_ends_in_seeded_state": naive_state == seed_state,
-            "import_statectl_same_as_naive": all(s == naive_state for s in import_states),
-            "seed_state": seed_state,
-            "differences": {
-                key: {"seed": seed_state[key], "statectl": import_states[-1][key], "naive": naive_state[key]}
-                for key in seed_state
-                if not seed_state[key] == import_states[-1][key] == naive_state[key]
-            },
-        },
     }
 
 
@@ -674,21 +616,29 @@ def _brief(run: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def _requests(counts: dict[str, int], objects: int) -> str:
-    """'PUT upload 13769 (1.00/obj), GET list 3' for the table."""
-    out = []
-    for kind, n in sorted(counts.items(), key=lambda item: -item[1]):
-        out.append(f"{kind} {n}" + (f" ({n / objects:.2f}/obj)" if objects and n >= objects / 10 else ""))
-    return ", ".join(out) or "none"
-
-
 def table(report: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [
         f"{report['config']['store']}; statectl at {report['statectl_tree']}; "
         f"load before: {report['machine']['load_before'].split('average:')[-1].strip()}"
     ]
-    if "export" in report:
-        lines += side_by_side_table(report, args)
+    if "results" in report:
+        data, cpu = report["data"], report["cpu"]
+        lines += [
+            f"{data['task_rows']} task + {data['asset_rows']} asset rows ({data['value_sizes']}, "
+            f"{data['bench_value_bytes'] / 1e6:.0f} MB of values); threshold {args.threshold} B, {args.compression}: "
+            f"{data['objects']} objects; snapshot {data['snapshot_bytes'] / 1e6:.0f} MB; concurrency "
+            f"{args.concurrency}; statectl: median of {args.statectl_runs} runs",
+            "",
+            *common_table(report["results"]),
+        ]
+        gz = cpu["snapshot_gzip_s"]
+        lines.append(
+            f"CPU (one core): export {cpu['export_s']} s, of which gzip -{cpu['snapshot_level']} of the "
+            f"{cpu['snapshot_bytes'] / 1e6:.0f} MB snapshot {gz[str(cpu['snapshot_level'])]} s (-9: {gz['9']} s, "
+            f"-1: {gz['1']} s); import {cpu['import_s']} s, most of it gzip -9 of the objects (the provider's level)"
+        )
+        for label, measured in report["latencies"].items():
+            lines.append(f"checks at {label}: " + ", ".join(f"{k}={v}" for k, v in measured["checks"].items()))
     mem = report.get("peak_memory")
     if mem:
         lines += ["", f"peak RSS ({mem['value_sizes']}):", "", "| rows | export | import |", "|---|---|---|"]
@@ -703,51 +653,6 @@ def table(report: dict[str, Any], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def side_by_side_table(report: dict[str, Any], args: argparse.Namespace) -> list[str]:
-    data = report["data"]
-    lines = [
-        f"{data['task_rows']} task + {data['asset_rows']} asset rows ({data['value_sizes']}, "
-        f"{data['bench_value_bytes'] / 1e6:.0f} MB of values); threshold {args.threshold} B, {args.compression}: "
-        f"{data['objects']} objects; snapshot {data['snapshot_bytes'] / 1e6:.0f} MB; concurrency {args.concurrency}",
-        "",
-        "| operation | statectl | naive loop | naive / statectl | floor (how) | statectl / floor | store-bound |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for op in ("export", "import"):
-        r = report[op]
-        runs = " and ".join(f"{x['seconds']} s" for x in r["statectl_runs"])
-        how = f"{r['bound_by']}; latency {r['latency_floor_s']} s, CPU {r['cpu_floor_s']} s"
-        lines.append(
-            f"| {op} | {runs} (median {r['statectl_s']} s), peak {r['statectl_runs'][-1]['peak_rss_mib']} MiB "
-            f"| {r['naive_s']} s | **{r['ratio_naive_over_statectl']}x** | {r['floor_s']} s ({how}) "
-            f"| {r['ratio_statectl_over_floor']}x | {r['store_bound_s']} s |"
-        )
-    lines.append("")
-    objects = data["objects"]
-    for op in ("export", "import"):
-        req = report[op]["requests"]
-        lines.append(f"{op} requests, statectl: {_requests(req['statectl'], objects)}")
-        lines.append(f"{op} requests, naive:    {_requests(req['naive'], objects)}")
-    p, cpu = report["probe"], report["cpu"]
-    lines.append(
-        f"probe ({p['sample']} objects, median {p['sample_bytes_median']} B): "
-        f"median GET {p['get_median_s'] * 1e3:.1f} ms, "
-        f"PUT {p['put_median_s'] * 1e3:.1f} ms serially; with {args.concurrency} in flight "
-        f"{p['get_per_request_in_flight_s'] * 1e3:.1f} ms / {p['put_per_request_in_flight_s'] * 1e3:.1f} ms per request"
-    )
-    gz = cpu["snapshot_gzip_s"]
-    lines.append(
-        f"CPU (one core): export {cpu['export_s']} s, of which gzip -{cpu['snapshot_level']} of the "
-        f"{cpu['snapshot_bytes'] / 1e6:.0f} MB snapshot {gz[str(cpu['snapshot_level'])]} s (-9: {gz['9']} s, "
-        f"-1: {gz['1']} s); import {cpu['import_s']} s, of which most is gzip -9 of the objects (the provider's level)"
-    )
-    checks = report["checks"]
-    lines.append("checks: " + ", ".join(f"{k}={v}" for k, v in checks.items() if isinstance(v, bool)))
-    if checks["differences"]:
-        lines.append(f"DIFFERENCES: {json.dumps(checks['differences'])}")
-    return lines
-
-
 def tree() -> str:
     """The commit statectl runs from, and whether statectl/ differs from it (other work in the tree)."""
 
@@ -760,7 +665,7 @@ def tree() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--store", choices=STORES, default="s3", help="the object store (default: moto's S3)")
+    add_latency_options(parser)
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--big-rows", type=int, default=100_000)
     parser.add_argument("--min-bytes", type=int, default=100)
@@ -770,31 +675,23 @@ def main() -> None:
     parser.add_argument("--compression", default="gzip")
     parser.add_argument("--seed", type=int, default=20260101)
     parser.add_argument("--skip-memory", action="store_true")
-    parser.add_argument("--concurrency", type=int, default=16, help="statectl's --concurrency, and the floor's")
     parser.add_argument("--statectl-runs", type=int, default=2, help="timed runs of each statectl command")
     parser.add_argument(
         "--snapshot-level", type=int, default=6, help="gzip level of the snapshot in the CPU floor (statectl's: 6)"
     )
-    parser.add_argument("--probe-samples", type=int, default=200, help="objects timed for the latency floor")
     parser.add_argument("--memory-only", action="store_true", help="only the peak-memory runs")
     parser.add_argument("--profile", type=Path, metavar="DIR", help="also run each statectl command under cProfile")
-    parser.add_argument("--out", type=Path, help="the JSON result (default: a file in the temp directory)")
     args = parser.parse_args()
     if args.memory_only and args.skip_memory:
         parser.error("--memory-only and --skip-memory exclude each other")
-    out = args.out or Path(tempfile.gettempdir()) / f"statectl-bench-transfer-{args.store}-{args.rows}.json"
-    # A killed run still stops its PostgreSQL cluster and its object store, and removes its files.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-
-    report: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "load_before": load()},
-        "config": {"threshold": args.threshold, "compression": args.compression, "concurrency": args.concurrency},
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "statectl_tree": tree(),
-    }
+    latencies(args)  # refuse bad --latencies before the set-up
+    report = new_report()
+    report["config"] = {"threshold": args.threshold, "compression": args.compression, "concurrency": args.concurrency}
+    report["statectl_tree"] = tree()
     with tempfile.TemporaryDirectory(prefix="statectl-bench-transfer-") as tmp:
         work = Path(tmp)
         bed = TransferBed(work, args.threshold, args.compression, args.store)
+        bed.concurrency = args.concurrency
         report["config"]["store"] = bed.label
         try:
             started = time.perf_counter()
@@ -808,9 +705,7 @@ def main() -> None:
                 report["peak_memory"] = memory(bed, args, work)
         finally:
             bed.close()
-    report["machine"]["load_after"] = load()
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    log(f"JSON result: {out}")
+    write_json(report, args.out, f"bench-transfer-{args.store}-{args.rows}")
     print(table(report, args))
 
 

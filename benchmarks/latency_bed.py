@@ -7,10 +7,15 @@ test fixture (issue 11, part 1).
   page and every bulk delete (POST ?delete);
 - faults (:class:`FaultPlan`): ``503`` (SlowDown), ``500`` (InternalError), ``reset`` (the connection closed with a
   TCP RST, no response), ``timeout`` (no answer for ``timeout_s``, then a 503: longer than the client's read timeout).
-  The delay is served before the fault, as a real store's error also costs a round trip.
+  The delay is served before the fault, as a real store's error also costs a round trip. Also, on request (not in
+  the default kinds): ``lost`` (the store does the request, then the connection is reset before its answer),
+  ``403`` (AccessDenied) and ``400`` (InvalidRequest), answers no retry may change. Tests switch faults at run time
+  (``set_fraction``) and script the next requests' faults (``force``). The bed is also imported by tests/.
 
 The bed also serves moto's app undelayed on a second port (``direct_url``): one moto, so the same buckets; for a
 harness's own set-up traffic (filling / emptying a bucket), which is neither delayed nor counted nor faulted.
+The delays can be changed while it serves (``set_delays``: several latencies in one benchmark run). moto lists
+from a sorted index of each bucket (benchmarks/moto_index.py): its own listing sorts the whole bucket per page.
 
 Usage (a self-measurement with a bare boto3 client, undelayed moto first for moto's own cost):
 
@@ -29,7 +34,7 @@ import struct
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,9 +45,10 @@ if __package__ in (None, ""):
 
 from benchmarks.stores import RequestCounter, by_kind, s3_kind
 
-__all__ = ["FAULT_KINDS", "FaultPlan", "LatencyMiddleware", "LatencyS3", "start_latency_s3"]
+__all__ = ["ALL_FAULT_KINDS", "FAULT_KINDS", "FaultPlan", "LatencyMiddleware", "LatencyS3", "start_latency_s3"]
 
-FAULT_KINDS = ("503", "500", "reset", "timeout")
+FAULT_KINDS = ("503", "500", "reset", "timeout")  # transient: what a throttled or flaky store does
+ALL_FAULT_KINDS = (*FAULT_KINDS, "lost", "403", "400")  # also a request done but unanswered, and final answers
 SLOW_KINDS = frozenset({"list", "delete-batch"})  # served after list_ms; every other kind after op_ms
 
 
@@ -53,7 +59,8 @@ class InjectedReset(ConnectionResetError):
 @dataclass
 class FaultPlan:
     """Which requests fail, and how: a seeded random.Random draws, per request in arrival order, whether it fails
-    (probability ``fraction``) and then one of ``kinds`` uniformly. Thread-safe; ``injected`` counts by kind."""
+    (probability ``fraction``) and then one of ``kinds`` uniformly; faults ``force``d first go to the next requests,
+    one each. Thread-safe; ``injected`` counts by kind."""
 
     fraction: float
     seed: int = 0
@@ -62,25 +69,47 @@ class FaultPlan:
     injected: Counter[str] = field(default_factory=Counter, init=False)
 
     def __post_init__(self) -> None:
-        unknown = set(self.kinds) - set(FAULT_KINDS)
-        if unknown or not self.kinds:
-            raise ValueError(f"fault kinds must be some of {FAULT_KINDS}, not {self.kinds}")
-        if not 0.0 <= self.fraction <= 1.0:
-            raise ValueError(f"fault fraction must be in [0, 1], not {self.fraction}")
+        _check_kinds(self.kinds)
+        if not self.kinds:
+            raise ValueError(f"fault kinds must be some of {ALL_FAULT_KINDS}, not {self.kinds}")
         self._rng = random.Random(self.seed)
         self._lock = threading.Lock()
+        self._forced: deque[str | None] = deque()
+        self.set_fraction(self.fraction)
+
+    def set_fraction(self, fraction: float) -> None:
+        """Change the fraction of faulted requests while the bed serves (0: no more faults)."""
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"fault fraction must be in [0, 1], not {fraction}")
+        with self._lock:
+            self.fraction = fraction
+
+    def force(self, *kinds: str | None) -> None:
+        """The next requests, in arrival order, get these faults (None: answered), before any drawn."""
+        _check_kinds(tuple(k for k in kinds if k is not None))
+        with self._lock:
+            self._forced.extend(kinds)
 
     def draw(self) -> str | None:
         with self._lock:
-            if self._rng.random() >= self.fraction:
+            if self._forced:
+                kind = self._forced.popleft()
+            elif self._rng.random() >= self.fraction:
                 return None
-            kind = self._rng.choice(self.kinds)
-            self.injected[kind] += 1
+            else:
+                kind = self._rng.choice(self.kinds)
+            if kind is not None:
+                self.injected[kind] += 1
             return kind
 
     def snapshot(self) -> Counter[str]:
         with self._lock:
             return Counter(self.injected)
+
+
+def _check_kinds(kinds: tuple[str, ...]) -> None:
+    if set(kinds) - set(ALL_FAULT_KINDS):
+        raise ValueError(f"fault kinds must be some of {ALL_FAULT_KINDS}, not {kinds}")
 
 
 def _s3_error(code: str, message: str, resource: str) -> bytes:
@@ -94,6 +123,8 @@ def _s3_error(code: str, message: str, resource: str) -> bytes:
 _ERRORS = {
     "503": ("503 Slow Down", "SlowDown", "Please reduce your request rate."),
     "500": ("500 Internal Server Error", "InternalError", "We encountered an internal error. Please try again."),
+    "403": ("403 Forbidden", "AccessDenied", "Access Denied"),
+    "400": ("400 Bad Request", "InvalidRequest", "Injected bad request."),
 }
 
 
@@ -109,9 +140,15 @@ class LatencyMiddleware:
         faults: FaultPlan | None = None,
         counter: RequestCounter | None = None,
     ) -> None:
-        self.app, self.op_s, self.list_s = app, op_ms / 1000.0, list_ms / 1000.0
+        self.app = app
+        self.set_delays(op_ms, list_ms)
         self.faults = faults
         self.counter = counter if counter is not None else RequestCounter()
+
+    def set_delays(self, op_ms: float, list_ms: float) -> None:
+        """Change the delays while serving (one float each, read once per request: no lock needed), so that one
+        benchmark run measures several latencies on the same server and the same objects."""
+        self.op_s, self.list_s = op_ms / 1000.0, list_ms / 1000.0
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         method = environ["REQUEST_METHOD"]
@@ -124,6 +161,12 @@ class LatencyMiddleware:
         fault = self.faults.draw() if self.faults is not None else None
         if fault is None:
             return self.app(environ, start_response)
+        if fault == "lost":  # the store does the request; its answer never leaves
+            answer = self.app(environ, lambda *_args, **_kwargs: lambda _data: None)
+            for _ in answer:
+                pass
+            getattr(answer, "close", lambda: None)()
+            raise InjectedReset("injected lost answer")
         _drain(environ)  # the request body, so that the answer is not a reset of its own
         if fault == "reset":
             raise InjectedReset("injected connection reset")
@@ -149,7 +192,7 @@ def _drain(environ: dict[str, Any]) -> None:
 def _handler_class() -> type:
     from moto.moto_server.werkzeug_app import MotoRequestHandler
 
-    class Handler(MotoRequestHandler):  # type: ignore[misc]
+    class Handler(MotoRequestHandler):
         """moto's handler; a request failed with InjectedReset ends its connection with an RST (SO_LINGER 0),
         without a byte of response and without the FIN a normal close sends first."""
 
@@ -183,7 +226,9 @@ class _Served:
         from werkzeug.serving import make_server
 
         self.server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_handler_class())
-        self.server.daemon_threads = True  # a request thread still sleeping (a "timeout") does not hold up exit
+        # a request thread still sleeping (a "timeout") does not hold up exit (werkzeug's threaded server is a
+        # ThreadingMixIn, which its type does not say)
+        self.server.daemon_threads = True  # type: ignore[attr-defined]
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, name=name, daemon=True)
         self.thread.start()
@@ -206,6 +251,9 @@ class LatencyS3:
     ) -> None:
         from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
+        from benchmarks import moto_index
+
+        moto_index.install()  # listings at a real store's cost per page, not moto's sort of the whole bucket
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
         app = DomainDispatcherApplication(create_backend_app)  # as moto's ThreadedMotoServer builds it
         self.middleware = LatencyMiddleware(app, op_ms=op_ms, list_ms=list_ms, faults=faults, counter=counter)
@@ -217,6 +265,9 @@ class LatencyS3:
             self._delayed.stop()
             raise
         self.endpoint_url, self.direct_url = self._delayed.url, self._direct.url
+
+    def set_delays(self, op_ms: float, list_ms: float) -> None:
+        self.middleware.set_delays(op_ms, list_ms)
 
     def stop(self) -> None:
         for served in (self._delayed, self._direct):
@@ -236,8 +287,8 @@ def start_latency_s3(
 
 
 def _client(endpoint: str, concurrency: int, read_timeout: float, retries: dict[str, Any] | None = None) -> Any:
-    import boto3
-    from botocore.config import Config
+    import boto3  # type: ignore[import-untyped]
+    from botocore.config import Config  # type: ignore[import-untyped]
 
     config = Config(
         max_pool_connections=concurrency * 2,
@@ -315,7 +366,11 @@ def measure(op_ms: float, list_ms: float, objects: int, concurrency: int) -> lis
         phase(f"PUT {concurrency} in flight", [put(k) for k in parallel], concurrency)
         phase("GET serial", [get(k) for k in serial], 1)
         phase(f"GET {concurrency} in flight", [get(k) for k in parallel], concurrency)
-        phase("HEAD serial", [lambda k=k: s3.head_object(Bucket=bucket, Key=k) for k in serial], 1)
+
+        def head(key: str) -> Callable[[], Any]:
+            return lambda: s3.head_object(Bucket=bucket, Key=key)
+
+        phase("HEAD serial", [head(k) for k in serial], 1)
 
         def list_all() -> int:
             pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, PaginationConfig={"PageSize": 100})
@@ -346,7 +401,7 @@ def measure_faults(
 ) -> dict[str, Any]:
     """PUT then GET `objects` objects (`concurrency` in flight) against a faulty bed with botocore's retries
     (``mode``: legacy, standard or adaptive, its default attempts): what failed after them."""
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 
     bucket = "latency-bed-faults"
     bed = LatencyS3(op_ms, list_ms, plan)

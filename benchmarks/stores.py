@@ -64,6 +64,12 @@ class RequestCounter:
     def since(self, before: Counter[Kind]) -> Counter[Kind]:
         return self.snapshot() - before
 
+    def reset(self) -> Counter[Kind]:
+        """Start counting from zero; return what was counted until now."""
+        with self._lock:
+            counts, self._counts = self._counts, Counter()
+            return counts
+
 
 def by_method(counts: Counter[Kind]) -> dict[str, int]:
     """{"PUT": n, ...}: what bench_migrate/bench_prune reported for S3 before they took a --store."""
@@ -172,9 +178,13 @@ class Store:
         self.requests = RequestCounter()
         self._stops: list[Callable[[], None]] = []
 
-    def url(self, path: str = "") -> str:
+    def url(self, path: str = "", conn_id: str | None = None) -> str:
         """``<scheme>://<conn_id>@<bucket>/<path>``: a base path that resolves through the connection."""
-        return f"{self.scheme}://{self.conn_id}@{self.bucket}/{path.lstrip('/')}"
+        return f"{self.scheme}://{conn_id or self.conn_id}@{self.bucket}/{path.lstrip('/')}"
+
+    def conn_env_as(self, conn_id: str) -> dict[str, str]:
+        """The variable of another connection to the same store (its own conn_id: for a tool, other credentials)."""
+        raise NotImplementedError
 
     def start(self, workdir: Path) -> None:
         """Start the server(s) and create the bucket; every server started is registered with _on_close."""
@@ -260,6 +270,11 @@ class S3Store(Store):
     def floor_spec(self) -> dict[str, Any]:
         return {"store": "s3", "endpoint": self.s3.endpoint_url, "bucket": self.bucket}
 
+    def conn_env_as(self, conn_id: str) -> dict[str, str]:
+        from tests.infra import s3_conn_env
+
+        return s3_conn_env(self.floor_spec()["endpoint"], conn_id)
+
 
 class S3LatencyStore(S3Store):
     """moto's S3 with a real store's latency (and optional faults): benchmarks/latency_bed.py."""
@@ -292,9 +307,19 @@ class S3LatencyStore(S3Store):
                 kinds,
                 fault_timeout_s if fault_timeout_s is not None else float(env(self.ENV + "FAULT_TIMEOUT_S", "61")),
             )
+        self._fraction = fraction
+        self._set_label()
+
+    def _set_label(self) -> None:
         self.label = f"moto S3 + {self.op_ms:g} ms per request, {self.list_ms:g} ms per listing page / bulk delete"
         if self.faults is not None:
-            self.label += f", faults on {fraction:g} of requests ({', '.join(self.faults.kinds)})"
+            self.label += f", faults on {self._fraction:g} of requests ({', '.join(self.faults.kinds)})"
+
+    def set_latency(self, op_ms: float, list_ms: float) -> None:
+        """The delays from now on (the server keeps running: the same bucket and objects at another latency)."""
+        self.op_ms, self.list_ms = op_ms, list_ms
+        self.bed.set_delays(op_ms, list_ms)
+        self._set_label()
 
     def start(self, workdir: Path) -> None:
         from benchmarks.latency_bed import LatencyS3
@@ -311,9 +336,26 @@ class S3LatencyStore(S3Store):
     def floor_spec(self) -> dict[str, Any]:
         return {"store": "s3", "endpoint": self.endpoint_url, "bucket": self.bucket}
 
+    # The harness's set-up straight into moto's backend in this process: a PUT over HTTP costs moto and boto3
+    # 4-5 ms of this process's CPU (200k objects: a quarter of an hour); the same FakeKeys either way.
+    def keys(self) -> list[str]:
+        from benchmarks.moto_index import key_names
+
+        return key_names(self.bucket)
+
+    def empty(self) -> None:
+        from benchmarks.moto_index import delete_objects
+
+        delete_objects(self.bucket, self.keys())
+
+    def put_many(self, objects: Mapping[str, bytes]) -> None:
+        from benchmarks.moto_index import put_objects
+
+        put_objects(self.bucket, objects)
+
 
 def _counting_gcs_handler(counter: RequestCounter) -> type[BaseHTTPRequestHandler]:
-    from gcp_storage_emulator.server import RequestHandler
+    from gcp_storage_emulator.server import RequestHandler  # type: ignore[import-untyped]
 
     class CountingHandler(RequestHandler):  # type: ignore[misc]
         """The emulator's handler, counting each request once its request line and headers are parsed."""
@@ -397,6 +439,11 @@ class GcsStore(Store):
 
     def floor_spec(self) -> dict[str, Any]:
         return {"store": "gcs", "endpoint": self.endpoint, "bucket": self.bucket}
+
+    def conn_env_as(self, conn_id: str) -> dict[str, str]:
+        from tests.infra import gcs_conn_env
+
+        return gcs_conn_env(self.endpoint, conn_id)
 
     def client_env(self) -> dict[str, str]:
         return {"GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
@@ -553,6 +600,11 @@ class AzureStore(Store):
 
     def floor_spec(self) -> dict[str, Any]:
         return {"store": "azure", "connection_string": self.connection_string, "bucket": self.bucket}
+
+    def conn_env_as(self, conn_id: str) -> dict[str, str]:
+        from tests.infra_azure import azure_conn_env
+
+        return azure_conn_env(self.connection_string, conn_id, "wasb")
 
 
 def start_store(name: str, workdir: Path, **options: Any) -> Store:
