@@ -30,6 +30,7 @@ from statectl.ops.report import Progress, no_progress
 from statectl.ops.scan import DEFAULT_GRACE, Scan, ScanEntry
 from statectl.stores.bucket import ObjectMissing
 from statectl.stores.metastore import StateRow
+from statectl.stores.retry import TransientFailure
 from statectl.stores.store import StateStore
 
 DEFAULT_LIMIT = 20
@@ -342,6 +343,8 @@ class _Check:
             if isinstance(text, ObjectMissing):  # deleted since it was listed
                 self._confirm_dangling([entry])
                 continue
+            if isinstance(text, TransientFailure):
+                raise text  # the store did not answer: no finding can be trusted (exit 8, as for stats)
             reason = text.message if isinstance(text, StatectlError) else None
             if not isinstance(text, StatectlError) and (bad := codec.json_error(text)) is not None:
                 reason = f"object {entry.obj.url if entry.obj else entry.path} is not JSON: {bad}"

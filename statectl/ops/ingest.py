@@ -35,6 +35,7 @@ from statectl.ops.read import read_values
 from statectl.ops.report import NOT_CONFIRMED, Confirm, Progress
 from statectl.ops.write import Expiry
 from statectl.stores.metastore import NewValue, StateRow, address
+from statectl.stores.retry import TransientFailure
 from statectl.stores.store import StateStore
 
 LISTED = 20  # labels kept per outcome, for plans and reports
@@ -251,6 +252,9 @@ class Ingest:
         current = read_values(self.store, [d.existing for d in present if d.existing is not None])
         for decision, value in zip(present, current, strict=True):
             assert decision.encoded is not None
+            if isinstance(value, TransientFailure):  # the target's value is unknown: no conflict, no overwrite
+                decision.outcome, decision.reason = Outcome.FAILED, value.message
+                continue
             same = not isinstance(value, StatectlError) and codec.serialize(value) == _serialized(decision.encoded)
             if same:
                 decision.outcome = Outcome.SAME

@@ -16,6 +16,7 @@ from enum import StrEnum
 from statectl.core.layout import ObjectURL
 from statectl.errors import DataError, StatectlError
 from statectl.stores.bucket import ObjectExists, ObjectMissing, modified_or_none
+from statectl.stores.retry import TransientFailure
 from statectl.stores.store import StateStore
 
 IN_FLIGHT_GRACE = timedelta(hours=1)
@@ -63,12 +64,20 @@ def place_objects(
     if not pending:
         return _all(results)
     existing = buckets.read_many([writes[i].url for i in pending])
+    for index, current in zip(pending, existing, strict=True):
+        if isinstance(current, TransientFailure):  # what it holds is unknown: left alone, a re-run looks again
+            results[index] = current
     # Unreadable objects compare unequal to every value: replaced only if old.
     differs = [
-        i for i, e in zip(pending, existing, strict=True) if not isinstance(e, ObjectMissing) and e != writes[i].text
+        i
+        for i, e in zip(pending, existing, strict=True)
+        if results[i] is None and not isinstance(e, ObjectMissing) and e != writes[i].text
     ]
     now = datetime.now(tz=UTC)
     for index, info in zip(differs, buckets.stat_many([writes[i].url for i in differs]), strict=True):
+        if isinstance(info, StatectlError):  # its age is unknown: it may be a worker's write in flight
+            results[index] = info
+            continue
         when = modified_or_none(info)
         if when is not None and now - when < IN_FLIGHT_GRACE:
             results[index] = ObjectBusy(

@@ -472,7 +472,9 @@ class _Executor:
         infos = self.store.buckets.stat_many([o.url for o in objects])
         urls = []
         for obj, info in zip(objects, infos, strict=True):
-            if self.rules.old_enough(modified_or_none(info)):
+            if isinstance(info, StatectlError):  # not answered (retries spent): kept, and the run says so
+                self.report.object_errors.append((str(obj.url), info.message))
+            elif self.rules.old_enough(modified_or_none(info)):
                 urls.append(obj.url)
             else:
                 self.report.kept.append((str(obj.url), "modified since the listing, or gone"))

@@ -8,7 +8,9 @@ DB) to the very filesystem a worker builds.
 One bytes codec (:func:`encode_object` / :func:`decode_object`) makes and reads the provider's
 bytes, codec framing included; one read path and one write path use it for every store. Batch
 calls answer per object with a :data:`Result`: the value, or the error for that object. A store
-that cannot be reached at all raises instead.
+that cannot be reached at all raises instead. Every request to an object store is retried on
+transient failures (throttling, 5xx, dropped connections, timeouts) by :mod:`statectl.stores.retry`;
+one still failing after its last try is that object's error (TransientFailure).
 """
 
 from __future__ import annotations
@@ -34,6 +36,13 @@ from statectl.core.config import DEFAULT_CONCURRENCY
 from statectl.core.layout import ObjectURL, reserved_url
 from statectl.errors import ConfigError, DataError, StatectlError, UnreachableError
 from statectl.stores import schemes
+from statectl.stores.retry import (
+    TRANSIENT_CODES,
+    TransientFailure,
+    describe,
+    retry_async,
+    retry_sync,
+)
 
 if TYPE_CHECKING:
     from statectl.stores.listing import ListedObject
@@ -68,8 +77,7 @@ class ObjectInfo:
 
 
 def _unreachable(url: ObjectURL, e: BaseException) -> UnreachableError:
-    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return UnreachableError(f"object storage {url.protocol}://{url.path.split('/')[0] or '/'}: {reason}")
+    return UnreachableError(f"object storage {url.protocol}://{url.path.split('/')[0] or '/'}: {describe(e)}")
 
 
 def _missing(url: ObjectURL) -> ObjectMissing:
@@ -107,7 +115,7 @@ class Buckets:
         if url.conn_id and scheme is not None:
             _check_connection(url)
         try:
-            return attach(url.protocol, url.conn_id).fs
+            fs = attach(url.protocol, url.conn_id).fs
         except ValueError as e:
             if "No filesystem registered" not in str(e) or url.conn_id:
                 raise _unreachable(url, e) from None
@@ -124,6 +132,8 @@ class Buckets:
             raise
         except Exception as e:
             raise _unreachable(url, e) from None
+        own_retries(fs)
+        return fs
 
     def _is_async(self, url: ObjectURL) -> bool:
         return not url.is_local and bool(getattr(self.fs(url), "async_impl", False))
@@ -147,7 +157,7 @@ class Buckets:
         """Fail early if the store behind a base path cannot be reached (a listing, no writes)."""
         fs = self.fs(url)
         try:
-            fs.exists(url.path)
+            _remote_sync(url, partial(fs.exists, url.path))
         except StatectlError:
             raise
         except Exception as e:
@@ -238,19 +248,22 @@ class Buckets:
 
     def read_many(self, urls: Sequence[ObjectURL]) -> list[Result[str]]:
         """Read objects as the provider does, concurrently: per URL its text, or the DataError
-        (ObjectMissing included) met reading it. An unreachable store raises.
+        (ObjectMissing included) met reading it, or TransientFailure. An unreachable store raises.
 
         On async filesystems (S3, GCS) one GET per object (fs.open would first send a HEAD, and
         on S3 a listing when the object is missing)."""
 
         def read_one(index: int) -> Result[str]:
             url = urls[index]
+            fs = self.fs(url)
             try:
-                data = self.fs(url).cat_file(url.path)
+                data = _remote_sync(url, partial(fs.cat_file, url.path))
             except FileNotFoundError:
                 return _missing(url)
             except IsADirectoryError:
                 return DataError(f"object {url} is a directory, not an object")
+            except TransientFailure as e:
+                return e
             except StatectlError:
                 raise
             except Exception as e:
@@ -260,7 +273,7 @@ class Buckets:
         async def read_async(fs: Any, index: int) -> Result[str]:
             url = urls[index]
             try:
-                data = await fs._cat_file(url.path, **_cat_kwargs(fs))
+                data = await retry_async(partial(fs._cat_file, url.path, **_cat_kwargs(fs)), str(url))
             except FileNotFoundError:
                 return _missing(url)
             return _decoded(url, data)
@@ -277,8 +290,9 @@ class Buckets:
 
         def stat_one(index: int) -> Result[ObjectInfo]:
             url = urls[index]
+            fs = self.fs(url)
             try:
-                return info(url, self.fs(url).info(url.path))
+                return info(url, _remote_sync(url, partial(fs.info, url.path)))
             except FileNotFoundError:
                 return ObjectInfo(url, None, False)
             except StatectlError as e:
@@ -289,9 +303,11 @@ class Buckets:
         async def stat_async(fs: Any, index: int) -> Result[ObjectInfo]:
             url = urls[index]
             try:
-                return info(url, await _fresh_info(fs, url.path))
+                return info(url, await retry_async(partial(_fresh_info, fs, url.path), str(url)))
             except FileNotFoundError:
                 return ObjectInfo(url, None, False)
+            except StatectlError as e:
+                return e
             except Exception as e:
                 return _unreachable(url, e)
 
@@ -311,7 +327,9 @@ class Buckets:
         is read back and compared.
 
         ``if_absent``: write only where nothing is (ObjectExists otherwise), atomically. Pass it
-        only where :meth:`honours_if_absent` is true (local files: always atomic).
+        only where :meth:`honours_if_absent` is true (local files: always atomic). On an object store,
+        an object found holding exactly these bytes counts as written: a try of this write whose
+        answer was lost may have created it (the condition then refuses the next try).
         """
 
         def write_one(index: int) -> Result[None]:
@@ -328,6 +346,8 @@ class Buckets:
         async def put_and_check(fs: Any, index: int) -> Result[None]:
             try:
                 return await put(fs, *objects[index])
+            except StatectlError as e:  # TransientFailure: tried and tried again
+                return e
             except Exception as e:  # e.g. a store that refuses the conditional header: this object failed
                 return _unreachable(objects[index][0], e)
 
@@ -341,24 +361,24 @@ class Buckets:
             # s3fs sends large objects in parts and drops the condition, and a filesystem without a
             # create-if-absent keyword has none to send: check first (not atomic).
             checked_first = conditional is None or ("mode" in conditional and len(payload) >= MULTIPART_FROM)
-            if if_absent and checked_first and await _exists(fs, url.path):
+            if if_absent and checked_first and await retry_async(partial(_exists, fs, url.path), str(url)):
                 return _exists_error(url)
             try:
                 # The store checks the bytes it received (botocore sends a CRC32 checksum) and answers
                 # with their checksum: when it does, that verifies the object without a HEAD.
-                response = await fs._pipe_file(url.path, payload, **(conditional or {}))
+                send = partial(fs._pipe_file, url.path, payload, **(conditional or {}))
+                response = await retry_async(send, str(url))
             except Exception as e:
-                if _already_exists(e):
-                    return _exists_error(url)
-                raise
+                if not _already_exists(e):
+                    raise
+                # Refused because something is there: maybe this very write, sent again after its answer was
+                # lost (by statectl, botocore or aiohttp, which resends a PUT on a dropped keep-alive connection
+                # unseen). The same bytes count as written: the caller finds what it wanted at the path.
+                return None if await _holds(fs, url, payload) else _exists_error(url)
             if _is_adlfs(fs) and len(payload) >= AZURE_BLOCKS_FROM:
                 response = None  # a block upload answers with the Content-MD5 of its block list, not of the blob
             same = _same_bytes(response, payload) if isinstance(response, dict) else None
-            if same is None:
-                same = _same_bytes(await _fresh_info(fs, url.path), payload)
-            if same is None:  # no checksum to compare: read it back
-                same = await fs._cat_file(url.path, **_cat_kwargs(fs)) == payload
-            return None if same else _not_as_written(url)
+            return None if same or (same is None and await _holds(fs, url, payload)) else _not_as_written(url)
 
         return self._grouped([url for url, _ in objects], write_one, put_and_check)
 
@@ -382,19 +402,30 @@ class Buckets:
                 for index, outcome in zip(indices, outcomes, strict=True):
                     if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
                         raise outcome
-                    results[index] = _not_deleted(outcome) if isinstance(outcome, Exception) else None
+                    results[index] = _delete_error(outcome) if isinstance(outcome, Exception) else None
                 continue
             # Object stores batch deletes (S3 takes 1000 keys a request).
             for start in range(0, len(indices), DELETE_BATCH):
                 chunk = indices[start : start + DELETE_BATCH]
+                if _is_s3fs(fs):
+                    answers = _sync(fs, partial(_delete_s3, fs, [urls[i] for i in chunk]))
+                    for index, answer in zip(chunk, answers, strict=True):
+                        results[index] = answer
+                    continue
+                # fs.rm expands glob characters: a path with one goes alone, as itself.
+                literal = [i for i in chunk if not _has_magic(urls[i].path)]
+                for i in set(chunk).difference(literal):
+                    results[i] = _delete_one(fs, urls[i])
+                if not literal:
+                    continue
                 try:
-                    fs.rm([urls[i].path for i in chunk])
+                    retry_sync(partial(fs.rm, [urls[i].path for i in literal]), f"deleting {len(literal)} objects")
                 except FileNotFoundError:
-                    for i in chunk:
+                    for i in literal:
                         results[i] = _delete_one(fs, urls[i])
                 except Exception as e:
-                    for i in chunk:
-                        results[i] = _not_deleted(e)
+                    for i in literal:
+                        results[i] = _delete_error(e)
         return results
 
     # -- create-if-absent ---------------------------------------------------------------
@@ -419,7 +450,12 @@ class Buckets:
             first = self.write_many([(probe, "probe")], None, if_absent=True)[0]
             second = self.write_many([(probe, "probe again")], None, if_absent=True)[0]
         finally:
-            self.delete_many([probe])
+            left = self.delete_many([probe])[0]
+            if left is not None:  # a reserved name: nothing takes it for state, prune never touches it
+                log.warning("could not delete the probe object %s (%s); it is harmless", probe, left.message)
+        for answer in (first, second):
+            if isinstance(answer, TransientFailure):
+                raise answer  # no answer, so no verdict (and none remembered): the operation stops (exit 8)
         if first is not None:
             log.debug("conditional create probe: %s", first)
         honoured = first is None and isinstance(second, ObjectExists)
@@ -485,14 +521,30 @@ def _write_local(url: ObjectURL, payload: bytes, if_absent: bool) -> Result[None
 
 def _write_sync(fs: Any, url: ObjectURL, payload: bytes, if_absent: bool) -> Result[None]:
     """Another synchronous filesystem: create-if-absent is checked first (not atomic)."""
+    what = str(url)
     try:
-        if if_absent and fs.exists(url.path):
+        if if_absent and retry_sync(partial(fs.exists, url.path), what):
             return _exists_error(url)
-        fs.pipe_file(url.path, payload)
-        written = fs.cat_file(url.path)
+        retry_sync(partial(fs.pipe_file, url.path, payload), what)
+        written = retry_sync(partial(fs.cat_file, url.path), what)
+    except StatectlError as e:
+        return e
     except Exception as e:
         return _unreachable(url, e)
     return None if written == payload else _not_as_written(url)
+
+
+def _remote_sync(url: ObjectURL, call: Callable[[], T]) -> T:
+    """``call()`` on a synchronous filesystem: retried on transient failures unless the files are local."""
+    return call() if url.is_local else retry_sync(call, str(url))
+
+
+def _sync(fs: Any, make: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine on the filesystem's own event loop, from this thread."""
+    from fsspec.asyn import sync
+
+    result: T = sync(fs.loop, make)
+    return result
 
 
 def _delete_at(fs: Any, urls: Sequence[ObjectURL], index: int) -> Result[None]:
@@ -501,25 +553,90 @@ def _delete_at(fs: Any, urls: Sequence[ObjectURL], index: int) -> Result[None]:
 
 def _delete_one(fs: Any, url: ObjectURL) -> Result[None]:
     try:
-        fs.rm_file(url.path)
+        _remote_sync(url, partial(fs.rm_file, url.path))
     except FileNotFoundError:
         return None
     except Exception as e:
-        return _not_deleted(e)
+        return _delete_error(e)
     return None
 
 
 async def _delete_async(fs: Any, url: ObjectURL) -> None:
     with contextlib.suppress(FileNotFoundError):  # a missing object counts as deleted
-        await fs._rm_file(url.path)
+        await retry_async(partial(fs._rm_file, url.path), str(url))
 
 
-def _not_deleted(e: Exception) -> UnreachableError:
-    return UnreachableError(f"{type(e).__name__}: {e}")
+class _KeysNotDeleted(Exception):
+    """Keys a DeleteObjects answer listed as not deleted for a transient reason (S3 answers per key); the
+    answer's code makes it transient to the retry policy, and the next try sends only those keys."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.response = {"Error": {"Code": code, "Message": message}}
+
+
+async def _delete_s3(fs: Any, urls: Sequence[ObjectURL]) -> list[Result[None]]:
+    """Delete up to 1000 objects with one DeleteObjects request per bucket (a missing key counts as deleted).
+
+    Keys go as they are: s3fs's rm() expands glob characters (``a[bc]`` deletes ``ab`` and ``ac``, not
+    itself). Its bulk delete also drops the per-key errors of the answer (e.g. InternalError or SlowDown for
+    some keys of a request that succeeded): here each is that object's error, the transient ones sent again."""
+    results: list[Result[None]] = [None] * len(urls)
+    by_bucket: dict[str, dict[str, int]] = {}  # bucket -> key -> index
+    for index, url in enumerate(urls):
+        bucket, _, key = url.path.partition("/")
+        by_bucket.setdefault(bucket, {})[key] = index
+    for bucket, keys in by_bucket.items():
+        pending = dict(keys)  # the keys not yet answered for: each try sends these
+
+        async def attempt(bucket: str = bucket, pending: dict[str, int] = pending) -> None:
+            delete = {"Objects": [{"Key": key} for key in pending], "Quiet": True}
+            answer = await fs._call_s3("delete_objects", Bucket=bucket, Delete=delete)
+            failed = {str(e.get("Key")): (str(e.get("Code")), str(e.get("Message"))) for e in answer.get("Errors", [])}
+            for key, index in list(pending.items()):
+                code, message = failed.get(key, ("", ""))
+                if code in TRANSIENT_CODES:
+                    continue  # sent again
+                del pending[key]
+                results[index] = (
+                    UnreachableError(f"object {urls[index]} was not deleted: {code}: {message}") if code else None
+                )
+            if pending:
+                raise _KeysNotDeleted(*failed[next(iter(pending))])
+
+        try:
+            await retry_async(attempt, f"deleting {len(keys)} objects in s3://{bucket}")
+        except Exception as e:
+            for index in pending.values():
+                results[index] = _delete_error(e)
+        for key in keys:
+            fs.invalidate_cache(f"{bucket}/{key}")
+    return results
+
+
+def _delete_error(e: Exception) -> StatectlError:
+    return e if isinstance(e, StatectlError) else UnreachableError(f"{type(e).__name__}: {e}")
+
+
+def _has_magic(path: str) -> bool:
+    """Whether fsspec would take the path for a glob pattern."""
+    return any(c in path for c in "*?[")
 
 
 def _not_as_written(url: ObjectURL) -> DataError:
     return DataError(f"object {url} did not read back as written; the row was not changed")
+
+
+async def _holds(fs: Any, url: ObjectURL, payload: bytes) -> bool:
+    """Whether the object at ``url`` is these bytes: by the checksum its HEAD reports, else read back."""
+    what = str(url)
+    try:
+        same = _same_bytes(await retry_async(partial(_fresh_info, fs, url.path), what), payload)
+        if same is None:  # no checksum to compare: read it back
+            same = await retry_async(partial(fs._cat_file, url.path, **_cat_kwargs(fs)), what) == payload
+    except FileNotFoundError:
+        return False
+    return same
 
 
 async def _exists(fs: Any, path: str) -> bool:
@@ -551,6 +668,18 @@ def _if_absent_kwargs(fs: Any) -> dict[str, Any] | None:
     if "overwrite" in params:
         return {"overwrite": False}
     return None
+
+
+def _is_s3fs(fs: Any) -> bool:
+    return type(fs).__module__.split(".")[0] == "s3fs"
+
+
+def own_retries(fs: Any) -> None:
+    """Leave retrying to statectl (and to botocore below it) on an s3fs filesystem: s3fs's own loop multiplies
+    botocore's tries for the errors it retries (125 sends of a GET that times out) and ignores the others
+    (see :mod:`statectl.stores.retry`). statectl alone uses the filesystem in its process."""
+    if _is_s3fs(fs) and isinstance(getattr(fs, "retries", None), int):
+        fs.retries = 1
 
 
 def _is_adlfs(fs: Any) -> bool:

@@ -152,11 +152,13 @@ def top_level(url: ObjectURL, fs_for: Callable[[ObjectURL], Any]) -> list[tuple[
         fs = fs_for(url)
         fs.invalidate_cache(url.path)  # a listing cached earlier in this process may be stale
         try:
-            found = fs.ls(url.path, detail=True)
+            from statectl.stores.retry import retry_sync  # as every object store request (see _pages)
+
+            infos: list[dict[str, Any]] = retry_sync(lambda: fs.ls(url.path, detail=True), f"listing {url}")
         except FileNotFoundError:
             return []
         root = url.path.rstrip("/") + "/"
-        for info in found:
+        for info in infos:
             path = str(info["name"]).rstrip("/")
             if not path.startswith(root) or path == root.rstrip("/"):
                 continue
@@ -177,12 +179,19 @@ def _list_find(fs: Any, url: ObjectURL, prefix: str) -> Iterator[ListedObject]:
 
 
 def _pages(fs: Any, fetch_page: FetchPage) -> Iterator[list[Any]]:
-    """Pages of a listing, one request each on the filesystem's own event loop."""
+    """Pages of a listing, one request each on the filesystem's own event loop; a page that fails
+    transiently is asked for again (same token), as every object store request is."""
+    from functools import partial
+
     from fsspec.asyn import sync
 
+    from statectl.stores.retry import retry_async
+
     token: str | None = None
+    pages = 0
     while True:
-        page, token = sync(fs.loop, fetch_page, fs, token)
+        pages += 1
+        page, token = sync(fs.loop, retry_async, partial(fetch_page, fs, token), f"listing page {pages}")
         yield page
         if not token:
             return

@@ -38,6 +38,7 @@ from statectl.core.layout import RESERVED_PREFIX, ObjectURL, reserved_url
 from statectl.core.shards import Shard
 from statectl.errors import DataError, ExitCode, StatectlError
 from statectl.stores.bucket import Buckets, ObjectExists, ObjectMissing
+from statectl.stores.retry import TransientFailure
 
 DEFAULT_LOCK_TIMEOUT = timedelta(minutes=10)
 SETTLE_SECONDS = 1.0  # best-effort mode: how long to wait before reading our own write back
@@ -148,6 +149,8 @@ class BucketLock:
         result = self.buckets.read_many([url])[0]
         if isinstance(result, ObjectMissing):
             return False, None
+        if isinstance(result, TransientFailure):
+            raise result  # no answer is no evidence: never taken for an unreadable (stale) lock
         if isinstance(result, StatectlError):
             return True, None
         return True, Holder.from_json(result)
