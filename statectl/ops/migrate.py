@@ -17,6 +17,7 @@ old objects not yet deleted in step 4 are left to ``statectl prune``.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -25,10 +26,11 @@ from statectl.core import codec, layout
 from statectl.core.codec import Location, StoredValue
 from statectl.core.filters import RowFilter
 from statectl.core.layout import ObjectURL
+from statectl.core.readahead import read_ahead
 from statectl.errors import DataError, ExitCode, StatectlError, UnreachableError, UsageError
 from statectl.ops.objects import ObjectBusy, ObjectWrite, Placed, place_objects
 from statectl.ops.report import NOT_CONFIRMED, Confirm, Progress
-from statectl.stores.metastore import StateRow
+from statectl.stores.metastore import Metastore, StateRow
 from statectl.stores.store import StateStore
 
 DEFAULT_BATCH = 500
@@ -277,16 +279,31 @@ class Migration:
     def execute(self, progress: Progress | None = None) -> MigrationReport:
         report = MigrationReport(self.target.direction, dry_run=False, shard=self.flt.shard_label)
         try:
-            for batch in self.store.metastore.iter_batches(self.flt, self.batch_size):
-                self._run_batch(batch, report)
+            for items in self._prepared_batches():
+                self._run_batch(items, report)
                 if progress:
-                    progress(self.target.direction.value, len(batch))
+                    progress(self.target.direction.value, len(items))
         except StatectlError as e:
             # A store went away mid-run: what is committed is consistent; say so and stop.
             report.interrupted = e.message
         return report
 
-    def _run_batch(self, batch: list[StateRow], report: MigrationReport) -> None:
+    def _prepared_batches(self) -> Iterator[list[Item]]:
+        """The batches, each read and prepared (source objects fetched, new texts computed). On
+        PostgreSQL the next batch is prepared on a connection and thread of its own while this one is
+        written and committed: it reads only, and every update is conditional on the value it read."""
+        metastore = self.store.metastore
+        if metastore.dialect == "sqlite":  # one writer at a time: a second connection would wait on it
+            yield from (self._prepared(batch) for batch in metastore.iter_batches(self.flt, self.batch_size))
+            return
+        reader = Metastore(metastore.url)
+        try:
+            batches = reader.iter_batches(self.flt, self.batch_size)
+            yield from read_ahead((self._prepared(batch) for batch in batches), depth=1)
+        finally:
+            reader.close()
+
+    def _prepared(self, batch: list[StateRow]) -> list[Item]:
         items = [self.classify(row) for row in batch]
         # Rows already pointing at their target object: a missing object is reported, as in the plan.
         self._measure_objects(
@@ -295,6 +312,9 @@ class Migration:
         self._fetch_sources(items)
         for item in items:  # CPU only now (JSON): threads would only contend for the GIL
             self._prepare(item)
+        return items
+
+    def _run_batch(self, items: list[Item], report: MigrationReport) -> None:
         self._write_all([i for i in items if i.action in (Action.UPLOAD, Action.MOVE)], report)
         committed = self._update_rows(items, report)
         self._delete_old_objects(committed, report)

@@ -95,11 +95,14 @@ class Buckets:
         self.concurrency = concurrency
         self._filesystems: dict[tuple[str, str | None], Any] = {}
         self._honours_if_absent: dict[tuple[str, str | None], bool] = {}
+        self._building = threading.Lock()  # a batch read ahead in a thread may need a filesystem first
 
     def fs(self, url: ObjectURL) -> Any:
         key = (url.protocol, url.conn_id)
         if key not in self._filesystems:
-            self._filesystems[key] = self._build(url)
+            with self._building:
+                if key not in self._filesystems:
+                    self._filesystems[key] = self._build(url)
         return self._filesystems[key]
 
     def _build(self, url: ObjectURL) -> Any:
