@@ -199,6 +199,13 @@ class Dialect:
         """A cursor for a result too large to hold in memory."""
         return conn.cursor()
 
+    def in_list(self, column: str) -> str:
+        """``column`` is one of a list bound as the single parameter :meth:`list_param` makes."""
+        return f"{column} IN (SELECT value FROM json_each(?))"
+
+    def list_param(self, values: Sequence[str]) -> Any:
+        return json.dumps(list(values))
+
 
 class SQLiteDialect(Dialect):
     # The defaults fit: BINARY, the default collation, compares bytes; sqlite3 steps through a
@@ -218,13 +225,6 @@ class SQLiteDialect(Dialect):
     def ts(self, value: datetime | None) -> Any:
         # Timestamps are naive UTC text on SQLite: bind the same text so that comparisons hold.
         return None if value is None else value.astimezone(UTC).strftime(SQLITE_TIMESTAMP)
-
-    def in_list(self, column: str) -> str:
-        """``column`` is one of a list bound as the single parameter :meth:`list_param` makes."""
-        return f"{column} IN (SELECT value FROM json_each(?))"
-
-    def list_param(self, values: Sequence[str]) -> Any:
-        return json.dumps(list(values))
 
 
 class PostgresDialect(Dialect):
