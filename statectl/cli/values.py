@@ -19,14 +19,14 @@ from statectl.cli.render import (
     warn,
     write_document,
     write_records,
+    write_rows,
     write_value,
 )
-from statectl.core.scopes import ScopeFlags, TaskScope, task_label
+from statectl.core.scopes import ScopeFlags, task_label
 from statectl.errors import UsageError
 
 if TYPE_CHECKING:
     from statectl.ops.write import RemovalOptions
-    from statectl.stores.store import StateStore
 
 app = typer.Typer()
 
@@ -140,23 +140,6 @@ def put_cli(
     write_document(result.as_dict(), fmt, sys.stdout)
 
 
-LS_COLUMNS = [
-    "kind",
-    "dag_id",
-    "run_id",
-    "task_id",
-    "map_index",
-    "asset",
-    "key",
-    "bytes",
-    "location",
-    "compression",
-    "updated_at",
-    "expires_at",
-    "object",
-]
-
-
 @app.command("ls")
 def ls_cli(
     ctx: typer.Context,
@@ -173,42 +156,22 @@ def ls_cli(
     output: opt.OutputOpt = None,
 ) -> None:
     """List state rows with where each value lives, streaming (flat memory at any size)."""
-    from statectl.core.durations import iso
     from statectl.core.filters import filter_from_flags
-    from statectl.ops.read import list_entries
+    from statectl.ops.read import LISTING_COLUMNS, LISTING_SCOPE_COLUMNS, list_records
 
     flt = filter_from_flags(
         ScopeFlags(dag, run, task, map_index, asset, asset_uri), assets=assets, tasks=tasks, expired=expired
     )
     fmt = output or default_output(sys.stdout)
-
-    def records(store: StateStore) -> Iterator[dict[str, Any]]:
-        for entry in list_entries(store, flt, key):
-            row, stored, scope = entry.row, entry.stored, entry.row.scope
-            task = scope if isinstance(scope, TaskScope) else None
-            yield {
-                "kind": scope.kind,
-                "dag_id": task.dag_id if task else None,
-                "run_id": task.run_id if task else None,
-                "task_id": task.task_id if task else None,
-                "map_index": task.map_index if task else None,
-                "asset": None if task else scope.label(),
-                "key": row.key,
-                "bytes": stored.stored_bytes,
-                "location": stored.location.value,
-                "compression": stored.compression,
-                "updated_at": iso(row.updated_at),
-                "expires_at": iso(row.expires_at),
-                "object": stored.object_url,
-            }
-
-    columns = LS_COLUMNS
-    if fmt is Output.table:
-        columns = ["kind", "scope", "key", "bytes", "location", "compression", "updated_at", "expires_at"]
     out = sys.stdout  # rows stream to the real stdout while library output goes to stderr
     with open_store(ctx) as store:
-        stream = records(store) if fmt is not Output.table else _table_rows(records(store))
-        write_records(stream, columns, fmt, out)
+        batches = list_records(store, flt, key)
+        if fmt is Output.table:
+            columns = ["kind", "scope", "key", "bytes", "location", "compression", "updated_at", "expires_at"]
+            records = (dict(zip(LISTING_COLUMNS, row, strict=True)) for batch in batches for row in batch)
+            write_records(_table_rows(records), columns, fmt, out)
+        else:
+            write_rows(batches, LISTING_COLUMNS, fmt, out, shared_prefix=LISTING_SCOPE_COLUMNS)
 
 
 def _table_rows(records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:

@@ -8,6 +8,7 @@ receives with ``json.dumps``, so the column text is always ``json.dumps`` output
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -61,7 +62,7 @@ class StoredValue:
 
     @property
     def stored_bytes(self) -> int:
-        return len(self.text.encode())
+        return text_bytes(self.text)
 
     @property
     def object_url(self) -> str | None:
@@ -75,23 +76,47 @@ class StoredValue:
         return infer_compression(self.ref)
 
 
+# What fsspec registers at import whatever else is installed (zip, and bz2, gzip and lzma from Python's own
+# library): answered here, so that listing a million refs neither imports fsspec (tens of ms) nor runs its
+# splitext per ref. Any other extension (zst, lz4 when their library is installed) is asked of fsspec.
+_FSSPEC_BUILTIN_CODECS = {"zip": "zip", "bz2": "bz2", "gz": "gzip", "lzma": "lzma", "xz": "xz"}
+
+
 def infer_compression(url: str) -> str | None:
     """fsspec's own inference (os.path.splitext, lower-cased), which the provider's read uses:
     a name of dots only ("....gz") has no extension, and "KEY.GZ" counts as gzip."""
-    from fsspec.utils import infer_compression as fsspec_infer
+    name = url[url.rfind("/") + 1 :]
+    dot = name.rfind(".")
+    if dot <= 0 or not name[:dot].strip("."):  # splitext: leading dots start no extension
+        return None
+    extension = name[dot + 1 :].lower()
+    if extension in _FSSPEC_BUILTIN_CODECS:
+        return _FSSPEC_BUILTIN_CODECS[extension]
+    return _fsspec_codec(extension) if extension else None
 
-    inferred: str | None = fsspec_infer(url.rsplit("/", 1)[-1])
-    return inferred
+
+@functools.cache
+def _fsspec_codec(extension: str) -> str | None:
+    from fsspec.utils import compressions  # filled once, when fsspec is imported
+
+    codec: str | None = compressions.get(extension)
+    return codec
 
 
 WRAPPER_HEAD = '{"' + REF_KEY + '": "'
 _URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_PLAIN: tuple[Location, str | None] = (Location.PLAIN, None)
 
 
 def classify(text: str) -> StoredValue:
     """Classify column text as a worker with a backend would read it."""
+    return StoredValue(text, *locate(text))
+
+
+def locate(text: str) -> tuple[Location, str | None]:
+    """:func:`classify` without the object: where the value lives, and the ref (None for a plain value)."""
     if not text.startswith("{") or REF_KEY not in text:  # fast path: no wrapper possible
-        return StoredValue(text, Location.PLAIN)
+        return _PLAIN
     ref: str | None = None
     if text.startswith(WRAPPER_HEAD):
         # json.dumps({REF_KEY: ref}): decode just the one string member (C-accelerated).
@@ -105,14 +130,19 @@ def classify(text: str) -> StoredValue:
         try:
             document = json.loads(text)
         except ValueError:
-            return StoredValue(text, Location.PLAIN)
+            return _PLAIN
         ref = document.get(REF_KEY) if isinstance(document, dict) else None
     if not isinstance(ref, str) or not ref:
-        return StoredValue(text, Location.PLAIN)
+        return _PLAIN
     # A JSON text never starts with "scheme://", so an inline ref cannot look like a URL.
     if _URL_SCHEME.match(ref):
-        return StoredValue(text, Location.OBJECT, ref)
-    return StoredValue(text, Location.INLINE, ref)
+        return Location.OBJECT, ref
+    return Location.INLINE, ref
+
+
+def text_bytes(text: str) -> int:
+    """The UTF-8 size of a column text (ASCII, the usual case, without encoding it)."""
+    return len(text) if text.isascii() else len(text.encode())
 
 
 def json_error(text: str) -> str | None:

@@ -3,20 +3,24 @@ rows with where each value lives. Writing is in :mod:`statectl.ops.write`."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from statectl.core import codec, layout
 from statectl.core.codec import StoredValue
+from statectl.core.durations import iso
 from statectl.core.filters import RowFilter
 from statectl.core.layout import ObjectURL
 from statectl.core.scopes import Scope, TaskScope, check_key
 from statectl.errors import DataError, NotFoundError, StatectlError
-from statectl.stores.bucket import Result
-from statectl.stores.metastore import StateRow
-from statectl.stores.store import StateStore
+from statectl.stores.metastore import STREAM_BATCH, StateRow, iso_timestamp
+
+if TYPE_CHECKING:  # not imported by ls: the bucket layer brings fsspec and asyncio (tens of ms of start-up)
+    from statectl.stores.bucket import Result
+    from statectl.stores.store import StateStore
 
 # -- get ---------------------------------------------------------------------------------
 
@@ -97,3 +101,64 @@ def list_entries(store: StateStore, flt: RowFilter, key_glob: str | None = None)
         if key_glob is not None and not fnmatchcase(row.key, key_glob):
             continue
         yield Entry(row, codec.classify(row.value))
+
+
+# What ls shows of a row, a tuple in this order; the first LISTING_SCOPE_COLUMNS name the scope, the same for
+# every key of it (and rows come in scope order).
+LISTING_COLUMNS = (
+    "kind",
+    "dag_id",
+    "run_id",
+    "task_id",
+    "map_index",
+    "asset",
+    "key",
+    "bytes",
+    "location",
+    "compression",
+    "updated_at",
+    "expires_at",
+    "object",
+)
+LISTING_SCOPE_COLUMNS = 6
+_LOCATION_TEXT = {location: location.value for location in codec.Location}
+
+
+def list_records(
+    store: StateStore, flt: RowFilter, key_glob: str | None = None, batch_size: int = STREAM_BATCH
+) -> Iterator[list[tuple[Any, ...]]]:
+    """:func:`list_entries` as LISTING_COLUMNS tuples, a fetched batch at a time (flat memory). Task rows are
+    made straight from the driver's tuples: at a million rows a StateRow, StoredValue and dict per row cost
+    more than the query."""
+    if flt.wants_tasks:
+        for records in store.metastore.iter_task_records(flt, batch_size):
+            batch = [_task_record(r) for r in records if key_glob is None or fnmatchcase(r[5], key_glob)]
+            if batch:
+                yield batch
+    if flt.wants_assets:
+        entries = list_entries(store, replace(flt, tasks=False), key_glob)
+        while batch := [_entry_record(entry) for entry in itertools.islice(entries, batch_size)]:
+            yield batch
+
+
+def _task_record(r: Sequence[Any]) -> tuple[Any, ...]:
+    """A row of Metastore.iter_task_records as LISTING_COLUMNS; the same as _entry_record of its Entry."""
+    location, ref = codec.locate(r[6])
+    url = ref if location is codec.Location.OBJECT else None
+    compression = None if url is None else codec.infer_compression(url)
+    updated_at, expires_at = iso_timestamp(r[7]), iso_timestamp(r[8])
+    scope = ("task", r[1], r[2], r[3], int(r[4]), None)
+    return (*scope, r[5], codec.text_bytes(r[6]), _LOCATION_TEXT[location], compression, updated_at, expires_at, url)
+
+
+def _entry_record(entry: Entry) -> tuple[Any, ...]:
+    """An Entry as LISTING_COLUMNS (asset rows; task rows take _task_record's shortcut)."""
+    row, stored, scope = entry.row, entry.stored, entry.row.scope
+    where: tuple[Any, ...]
+    if isinstance(scope, TaskScope):
+        where = (scope.dag_id, scope.run_id, scope.task_id, scope.map_index, None)
+    else:
+        where = (None, None, None, None, scope.label())
+    times = (iso(row.updated_at), iso(row.expires_at))
+    location, url = stored.location.value, stored.object_url
+    return (scope.kind, *where, row.key, stored.stored_bytes, location, stored.compression, *times, url)

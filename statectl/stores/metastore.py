@@ -169,6 +169,20 @@ def _from_db_ts(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+# SQLAlchemy's text for a DateTime on SQLite (SQLITE_TIMESTAMP), the shape iso_timestamp turns around as text.
+_SQLITE_TS_TEXT = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", re.ASCII)
+
+
+def iso_timestamp(value: Any) -> str | None:
+    """``iso(_from_db_ts(value))`` (ISO 8601, UTC offset, no fraction when it is zero), made from SQLite's text
+    without a datetime: half the time of a million-row listing went into parsing and formatting."""
+    if value.__class__ is str and _SQLITE_TS_TEXT.fullmatch(value):
+        time = value[11:19] if value.endswith(".000000") else value[11:]
+        return f"{value[:10]}T{time}+00:00"
+    parsed = _from_db_ts(value)
+    return None if parsed is None else parsed.isoformat()
+
+
 # -- dialects ---------------------------------------------------------------------------
 class Dialect:
     """What differs between the databases; Metastore asks its dialect instead of testing the name.
@@ -371,13 +385,20 @@ class Metastore:
         (PostgreSQL). The value scans pass False: several of their streams share the connection at
         once, and ending the transaction would close the others' cursors; their caller ends it.
         """
+        for batch in self._stream_batches(sql, params, batch_size, end_transaction=end_transaction):
+            yield from batch
+
+    def _stream_batches(
+        self, sql: str, params: Sequence[Any], batch_size: int, *, end_transaction: bool
+    ) -> Iterator[list[Sequence[Any]]]:
+        """:meth:`_stream`, a fetched batch at a time."""
         with self._errors():
             conn = self.conn
             cur = self.sql_dialect.stream_cursor(conn, batch_size)
             try:
                 cur.execute(self.sql_dialect.sql(sql), tuple(params))
                 while batch := cur.fetchmany(batch_size):
-                    yield from batch
+                    yield batch
             finally:
                 if self._conn is conn:  # otherwise close() has closed it along with its connection
                     cur.close()
@@ -770,14 +791,18 @@ class Metastore:
     def iter_rows(self, flt: RowFilter, batch_size: int = STREAM_BATCH) -> Iterator[StateRow]:
         """Stream rows in scope order with flat memory (server-side cursor on PostgreSQL)."""
         if flt.wants_tasks:
-            clause, params = self._task_where(flt)
-            sql = (
-                f"SELECT {_TASK_COLUMNS} FROM task_state_store{clause} "
-                'ORDER BY dag_id, run_id, task_id, map_index, "key"'
-            )
-            yield from self._task_rows(self._stream(sql, params, batch_size, end_transaction=True))
+            for records in self.iter_task_records(flt, batch_size):
+                yield from self._task_rows(records)
         if flt.wants_assets:
             yield from self._iter_asset_rows(flt, batch_size=batch_size)
+
+    def iter_task_records(self, flt: RowFilter, batch_size: int = STREAM_BATCH) -> Iterator[list[Sequence[Any]]]:
+        """The task rows of :meth:`iter_rows` as the driver returns them, a fetched batch at a time: tuples of
+        id, dag_id, run_id, task_id, map_index, key, value, updated_at, expires_at (timestamps for
+        :func:`iso_timestamp`). For a listing of millions, where a StateRow per row is most of the cost."""
+        clause, params = self._task_where(flt)
+        sql = f'SELECT {_TASK_COLUMNS} FROM task_state_store{clause} ORDER BY dag_id, run_id, task_id, map_index, "key"'
+        yield from self._stream_batches(sql, params, batch_size, end_transaction=True)
 
     def _iter_asset_rows(
         self,

@@ -10,7 +10,7 @@ every value readable):
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from statectl.core import codec, layout
 from statectl.core.codec import Location, StoredValue
@@ -18,8 +18,10 @@ from statectl.core.config import DEFAULT_CONCURRENCY, Config
 from statectl.core.layout import ObjectURL
 from statectl.core.scopes import AssetScope, Scope
 from statectl.errors import ConfigError, DataError
-from statectl.stores.bucket import Buckets
 from statectl.stores.metastore import Metastore
+
+if TYPE_CHECKING:  # imported on first use: fsspec and asyncio are start-up that ls never needs
+    from statectl.stores.bucket import Buckets
 
 
 class StateStore:
@@ -35,6 +37,8 @@ class StateStore:
 
     @cached_property
     def buckets(self) -> Buckets:
+        from statectl.stores.bucket import Buckets
+
         return Buckets(self.concurrency)
 
     @cached_property
