@@ -23,9 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from statectl.core import layout
+from statectl.core.filters import RowFilter
+from statectl.core.layout import ObjectURL, object_url
+from statectl.core.scopes import AssetScope, TaskScope
 from statectl.errors import ExitCode
-from statectl.ops.prune import DELETES_IN_FLIGHT
+from statectl.ops.prune import DELETES_IN_FLIGHT, Category
 from tests.cli_support import STATECTL, db_snapshot, files_snapshot, statectl
 from tests.infra import AirflowEnv, S3Bucket, WorkerBucketSeed, run_dag, seed_worker_bucket, worker_bucket_copy
 
@@ -197,6 +203,86 @@ def test_expired_rows_then_their_objects(home: AirflowEnv) -> None:
     again = prune(env, "--yes")
     assert again["deletions"] == 0 and again["plan"]["deletions"] == 0
     assert not (home.bucket_dir / LOCK).exists()
+
+
+def test_an_object_rows_elsewhere_reference_stays(home: AirflowEnv) -> None:
+    """A hand copied expired refs into an asset row and into another dag's row: their objects stay
+    (prune looks for such rows once per run; its per-batch check probes only the object's own task)."""
+    env = env_of(home)
+    before = task_rows(home)
+    into_asset, into_task = before[("writer", -1, "expired_obj")], before[("mapped", 0, "m")]
+    home.query("UPDATE asset_state_store SET value = :v", v=into_asset)
+    home.query("UPDATE task_state_store SET value = :v WHERE dag_id = :d", v=into_task, d=GONE_DAG)
+    report = prune(env, "--yes")
+    assert report["deleted"]["expired"]["rows"] == 4
+    assert report["deleted"]["expired"]["objects"] == 1  # mapped 1's; the other two are referenced
+    kept = {k["object"]: k["reason"] for k in report["kept"]}
+    assert set(kept) == {f"file://{ref_path(into_asset)}", f"file://{ref_path(into_task)}"}
+    assert all("another task instance or an asset" in why for why in kept.values())
+    assert set(task_rows(home)) == LIVE
+    assert_live_intact(home)
+
+
+segments = st.text(min_size=1, max_size=30).filter(lambda s: s not in (".", ".."))
+
+
+@given(
+    segments,
+    segments,
+    segments,
+    st.integers(min_value=-1, max_value=10**6),
+    segments,
+    st.integers(min_value=0, max_value=3),
+    st.sampled_from(["gzip", None]),
+)
+def test_the_task_address_of_an_object_is_its_writers(
+    dag: str, run: str, task: str, map_index: int, key: str, region: int, compression: str | None
+) -> None:
+    """The per-batch check probes the rows of the task instance the object's path names: for the
+    provider's exact layout that is the instance that wrote it (any text, region or not)."""
+    base = ObjectURL.parse("s3://conn@bucket/state")
+    url = object_url(base, TaskScope(dag, run, task, map_index, region), key, compression)
+    assert layout.task_address(url, base) == (dag, run, task, map_index)
+    assert layout.task_address(object_url(base, AssetScope(name=dag, uri="s3://x"), key, compression), base) is None
+    assert layout.task_address(ObjectURL.parse(f"s3://other@bucket/state/{url.path.split('/', 2)[2]}"), base) is None
+
+
+def test_an_object_a_worker_references_again_stays(home: AirflowEnv) -> None:
+    """Between the deletion of an expired row and of its object, a worker writes the key again with
+    the same ref (its object rewritten at the same path): the object stays and the report says why."""
+    from statectl.core.config import Config
+    from statectl.ops.prune import PruneOptions, run_prune
+    from statectl.stores.store import StateStore
+
+    before = task_rows(home)
+    value = before[("writer", -1, "expired_obj")]
+    (row,) = home.query(
+        'SELECT dag_id, dag_run_id, run_id, task_id, map_index, "key", updated_at FROM task_state_store '
+        'WHERE task_id = :t AND "key" = :k',
+        t="writer",
+        k="expired_obj",
+    )
+    store = StateStore(Config(environ=env_of(home)))
+    delete_rows = store.metastore.delete_many_if_unchanged
+
+    def delete_then_a_worker_writes(rows: Any, **kwargs: Any) -> Any:
+        deleted = delete_rows(rows, **kwargs)
+        home.query(
+            "INSERT INTO task_state_store (dag_id, dag_run_id, run_id, task_id, map_index, \"key\", value, "
+            "updated_at) VALUES (:d, :dr, :r, :t, :m, :k, :v, :u)",
+            d=row[0], dr=row[1], r=row[2], t=row[3], m=row[4], k=row[5], v=value, u=row[6],
+        )  # fmt: skip
+        return deleted
+
+    store.metastore.delete_many_if_unchanged = delete_then_a_worker_writes  # type: ignore[method-assign]
+    try:
+        report = run_prune(store, PruneOptions(flt=RowFilter(dag_id=DAG, task_id="writer")))
+    finally:
+        store.close()
+    assert report.deleted[Category.EXPIRED].rows == 2  # expired_obj (then written again), expired_inline
+    assert report.kept == [(f"file://{ref_path(value)}", "a row references it again (a worker wrote it meanwhile)")]
+    assert task_rows(home)[("writer", -1, "expired_obj")] == value
+    assert_live_intact(home)
 
 
 def test_dry_run_changes_nothing_and_shows_the_plan(home: AirflowEnv) -> None:
@@ -456,8 +542,7 @@ def test_quiet_prints_nothing_on_success(home: AirflowEnv) -> None:
 
 def seed_expired_bulk(home: AirflowEnv, count: int) -> list[Path]:
     """`count` expired rows with objects at the provider's paths, and as many live ones."""
-    from statectl.core.layout import object_url, parse_base_path
-    from statectl.core.scopes import TaskScope
+    from statectl.core.layout import parse_base_path
 
     assert home.db_path is not None
     base = parse_base_path(home.bucket_url)

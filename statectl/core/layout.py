@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from statectl.core.scopes import AssetScope, Scope, TaskScope, check_segment
 from statectl.errors import ConfigError, DataError
@@ -120,6 +120,40 @@ def object_url(base: ObjectURL, scope: Scope, key: str, compression: str | None)
     if isinstance(scope, TaskScope):
         return task_prefix(base, scope).child(str(scope.map_index), name)
     return asset_prefix(base, scope).child(name)
+
+
+def is_asset_path(segments: list[str]) -> bool:
+    """``segments``: an object's path below the base, split at '/'."""
+    return len(segments) == 3 and segments[0] == ASSETS_FOLDER
+
+
+def task_segments(segments: list[str]) -> tuple[str, str, str, str] | None:
+    """(dag, run, task, map_index), quoted, of a task object's path below the base, split at '/':
+    5 segments, 6 with Airflow 3.4's region."""
+    if len(segments) == 6 and segments[2].startswith("region="):
+        segments = segments[:2] + segments[3:]
+    if len(segments) != 5:
+        return None
+    return segments[0], segments[1], segments[2], segments[3]
+
+
+TaskAddress = tuple[str, str, str, int]  # (dag_id, run_id, task_id, map_index): the lookup index's columns
+
+
+def task_address(url: ObjectURL, base: ObjectURL) -> TaskAddress | None:
+    """The task instance whose path the object lies at (unquoted), or None: not a task object's path
+    strictly under the base. A worker writes only at its own task instance's path."""
+    if not is_under_base(url, base):
+        return None
+    parts = task_segments(list(url.parts[len(base.parts) :]))
+    if parts is None or not _is_map_index(parts[3]):
+        return None
+    dag, run, task, map_index = parts
+    return unquote(dag), unquote(run), unquote(task), int(map_index)
+
+
+def _is_map_index(segment: str) -> bool:
+    return segment.isascii() and segment.lstrip("-").isdigit() and str(int(segment)) == segment
 
 
 def reserved_url(base: ObjectURL, name: str) -> ObjectURL:

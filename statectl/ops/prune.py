@@ -323,6 +323,7 @@ class _Executor:
         # Object deletes run in the background, a few batches at once, while the next batch's rows go.
         self.deletions = Deletions(store.buckets, ahead=DELETES_IN_FLIGHT)
         self.unanswered = 0
+        self.held_elsewhere: set[str] | None = None  # see _held_elsewhere
         self.orphans_sent = 0  # orphans sent for deletion (a few kept at the last check included)
         # After a person confirmed the plan, no category deletes more than the plan counted.
         self.room: dict[Category, int] | None = {c: plan.planned(c) for c in plan.going} if within_plan else None
@@ -363,12 +364,17 @@ class _Executor:
         """Delete objects no row references now (one query for the batch), strictly under the base."""
         if not urls:
             return
-        texts = {str(u): codec.wrap_ref(str(u)) for u in urls}
-        referenced = self.store.metastore.referenced_texts(list(texts.values()))
+        base = self.rules.base
+        texts = [codec.wrap_ref(str(u)) for u in urls]
+        addresses = [None if base is None else layout.task_address(u, base) for u in urls]
+        referenced = self.store.metastore.referenced_texts(texts, addresses)
+        held_elsewhere = self._held_elsewhere()
         going = []
-        for url in urls:
-            if texts[str(url)] in referenced:
+        for url, text in zip(urls, texts, strict=True):
+            if text in referenced:
                 self.report.kept.append((str(url), "a row references it again (a worker wrote it meanwhile)"))
+            elif url.path in held_elsewhere:
+                self.report.kept.append((str(url), "a row of another task instance or an asset references it"))
             elif self.rules.base is None or not layout.is_under_base(url, self.rules.base):
                 self.report.kept.append((str(url), "outside the configured base path"))
             else:
@@ -376,6 +382,27 @@ class _Executor:
         if going:
             self.unanswered += len(going)
             self.deletions.submit(going, partial(self._objects_deleted, going, category, sizes or {}))
+
+    def _held_elsewhere(self) -> set[str]:
+        """The task objects' paths that rows of another task instance, or asset rows, reference: neither
+        workers nor statectl write such refs, a hand may have. Read once per run, on the first deletion,
+        so that the per-batch check can be an index probe. A holder this run deletes later still keeps
+        its object for this run: the next run finds it an orphan."""
+        if self.held_elsewhere is None:
+            self.held_elsewhere = set()
+            base = self.rules.base
+            for address, text in self.store.metastore.iter_ref_holders(codec.WRAPPER_HEAD):
+                location, ref = codec.locate(text)
+                if location is not Location.OBJECT or base is None or ref is None:
+                    continue
+                try:
+                    url = ObjectURL.parse(ref)
+                except ValueError:
+                    continue
+                # Objects at other paths (assets', or none of the provider's) get a full check per batch.
+                if (at := layout.task_address(url, base)) is not None and at != address:
+                    self.held_elsewhere.add(url.path)
+        return self.held_elsewhere
 
     def _objects_deleted(
         self, urls: list[ObjectURL], category: Category, sizes: dict[str, int], errors: list[Result[None]]

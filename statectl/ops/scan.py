@@ -87,19 +87,6 @@ def _q(value: str, what: str) -> str:
     return layout.quote_segment(value, what)
 
 
-def _is_asset_path(segments: list[str]) -> bool:
-    return len(segments) == 3 and segments[0] == ASSETS_FOLDER
-
-
-def _task_segments(segments: list[str]) -> tuple[str, str, str, str] | None:
-    """(dag, run, task, map_index) of a task object's path: 5 segments, 6 with Airflow 3.4's region."""
-    if len(segments) == 6 and segments[2].startswith("region="):
-        segments = segments[:2] + segments[3:]
-    if len(segments) != 5:
-        return None
-    return segments[0], segments[1], segments[2], segments[3]
-
-
 def region_for(flt: RowFilter | None, asset_names: list[str] | None = None) -> Region:
     """Map a RowFilter to the narrowest listing prefix and a segment check (quoted as the provider
     quotes), narrowed to a shard's paths. ``asset_names``: the names of the asset an --asset-uri
@@ -123,7 +110,7 @@ def _scope_region(flt: RowFilter | None, asset_names: list[str] | None) -> Regio
 
         def accepts_asset(path: str) -> bool:
             segments = path.split("/")
-            return _is_asset_path(segments) and segments[1] in folders
+            return layout.is_asset_path(segments) and segments[1] in folders
 
         return Region(prefix, accepts_asset)
     wanted = [
@@ -143,14 +130,14 @@ def _scope_region(flt: RowFilter | None, asset_names: list[str] | None) -> Regio
             prefix += f"{value}/"
 
         def accepts_task(path: str) -> bool:
-            parts = _task_segments(path.split("/"))
+            parts = layout.task_segments(path.split("/"))
             return parts is not None and all(w is None or w == p for w, p in zip(wanted, parts, strict=True))
 
         return Region(prefix, accepts_task)
     if flt.tasks and not flt.assets:
-        return Region("", lambda path: not _is_asset_path(path.split("/")))
+        return Region("", lambda path: not layout.is_asset_path(path.split("/")))
     if flt.assets and not flt.tasks:
-        return Region(f"{ASSETS_FOLDER}/", lambda path: _is_asset_path(path.split("/")))
+        return Region(f"{ASSETS_FOLDER}/", lambda path: layout.is_asset_path(path.split("/")))
     if not flt.tasks and not flt.assets:
         return Region("", lambda path: False)
     return Region("", lambda path: True)

@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from statectl.core.config import mask_url
 from statectl.core.filters import RowFilter, utcnow
+from statectl.core.layout import TaskAddress
 from statectl.core.scopes import AssetScope, Scope, TaskScope
 from statectl.core.shards import Shard
 from statectl.core.snapshot import AssetWriter
@@ -935,17 +936,50 @@ class Metastore:
                 yield [self._asset_row(r) for r in records]
 
     # -- prune ------------------------------------------------------------------------
-    def referenced_texts(self, texts: Sequence[str]) -> set[str]:
-        """Which of these exact column texts some task or asset row holds now (one query per table
-        per 1000 texts): the last check before an object goes, against a worker's fresh write."""
+    def referenced_texts(self, texts: Sequence[str], addresses: Sequence[TaskAddress | None]) -> set[str]:
+        """Which of these exact column texts a row holds now: the last check before an object goes,
+        against a worker's fresh write. ``addresses[i]``: the task instance whose path the object of
+        ``texts[i]`` lies at, or None.
+
+        A text with an address is looked up among that task instance's rows only, where a worker
+        writes it: a probe of the lookup index, however large the table. The others are looked for
+        in every row, a scan of both tables per 1000 texts (``value`` has no index). Rows holding a
+        ref to another task instance's path are the caller's to know (:meth:`iter_ref_holders`).
+        """
         found: set[str] = set()
-        for start in range(0, len(texts), 1000):
-            chunk = list(texts[start : start + 1000])
-            marks = ", ".join("?" for _ in chunk)
+        probes = [(*address, text) for text, address in zip(texts, addresses, strict=True) if address is not None]
+        for start in range(0, len(probes), _BATCH_ROWS):
+            chunk = probes[start : start + _BATCH_ROWS]
+            marks = ", ".join("(?, ?, ?, ?, ?)" for _ in chunk)
+            # A join, not a row-value IN: SQLite would scan the table for the latter.
+            sql = (
+                f"WITH p(d, r, k, m, v) AS (VALUES {marks}) SELECT t.value FROM p JOIN task_state_store t "
+                "ON t.dag_id = p.d AND t.run_id = p.r AND t.task_id = p.k AND t.map_index = p.m AND t.value = p.v"
+            )
+            found.update(r[0] for r in self._fetchall(sql, [p for probe in chunk for p in probe]))
+        unplaced = [text for text, address in zip(texts, addresses, strict=True) if address is None]
+        for start in range(0, len(unplaced), _BATCH_ROWS):
+            some = unplaced[start : start + _BATCH_ROWS]
+            marks = ", ".join("?" for _ in some)
             for table in ("task_state_store", "asset_state_store"):
-                rows = self._fetchall(f"SELECT DISTINCT value FROM {table} WHERE value IN ({marks})", chunk)
+                rows = self._fetchall(f"SELECT DISTINCT value FROM {table} WHERE value IN ({marks})", some)
                 found.update(r[0] for r in rows)
         return found
+
+    def iter_ref_holders(self, prefix: str, batch_size: int = STREAM_BATCH) -> Iterator[tuple[TaskAddress | None, str]]:
+        """(task address, or None for an asset row; value) of every row whose value starts with
+        ``prefix`` followed closely by '://' (a URL's scheme: the worker's object refs, and not the
+        inline values, which may be large), streamed in one read of each table."""
+        where = "WHERE substr(value, 1, ?) = ? AND substr(value, ?, 40) LIKE '%://%'"
+        params = (len(prefix), prefix, len(prefix) + 1)
+        sql = f"SELECT dag_id, run_id, task_id, map_index, value FROM task_state_store {where}"
+        for batch in self._stream_batches(sql, params, batch_size, end_transaction=True):
+            for dag_id, run_id, task_id, map_index, value in batch:
+                yield (dag_id, run_id, task_id, map_index), value
+        for (value,) in self._stream(
+            f"SELECT value FROM asset_state_store {where}", params, batch_size, end_transaction=True
+        ):
+            yield None, value
 
     # -- expire -----------------------------------------------------------------------
     def set_expiry_many_if_unchanged(self, rows: Sequence[StateRow], expires_at: datetime | None) -> list[StateRow]:
