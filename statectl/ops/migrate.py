@@ -77,6 +77,7 @@ class Item:
     target_url: ObjectURL | None = None  # the object the row will reference
     serialized: str | None = None  # the value's JSON text, once known
     new_text: str | None = None  # the row's new column text
+    stored_bytes: bytes | None = None  # relocate: the source object's bytes, when they can be copied as they are
     bytes: int = 0  # the value's size as it is stored now (row text or object size)
 
     @property
@@ -329,13 +330,30 @@ class Migration:
     def _fetch_sources(self, items: list[Item]) -> None:
         """Read the referenced objects of a batch at once (one GET each, concurrently)."""
         wanted = [i for i in items if self._needs_value(i) and i.serialized is None and i.source_url is not None]
-        texts = self.store.buckets.read_many([i.source_url for i in wanted if i.source_url is not None])
-        for item, text in zip(wanted, texts, strict=True):
-            if isinstance(text, StatectlError):  # missing (ObjectMissing) or undecodable
-                item.action, item.reason = Action.SKIP, text.message
-            else:
-                item.serialized = text
-                item.bytes = len(text.encode())
+        stored = self.store.buckets.read_many_stored([i.source_url for i in wanted if i.source_url is not None])
+        for item, read in zip(wanted, stored, strict=True):
+            if isinstance(read, StatectlError):  # missing (ObjectMissing) or undecodable
+                item.action, item.reason = Action.SKIP, read.message
+                continue
+            item.serialized, data = read
+            item.bytes = len(item.serialized.encode())
+            if self._copies_bytes(item):
+                item.stored_bytes = data
+
+    def _copies_bytes(self, item: Item) -> bool:
+        """Relocate between object stores with the codec unchanged: the stored bytes are what the provider
+        would write at the new path (no file name in the header, unlike a local gzip file), so they go as
+        they are, if the value's text is already the canonical one (checked in _prepare), instead of being
+        decompressed and compressed again at the provider's level 9."""
+        source, target = item.source_url, item.target_url
+        return (
+            self.target.direction is Direction.RELOCATE
+            and source is not None
+            and target is not None
+            and not source.is_local
+            and not target.is_local
+            and codec.infer_compression(source.path) == (self.target.compression or None)
+        )
 
     def _prepare(self, item: Item) -> None:
         """Read the value (object rows), check it decodes, and compute the new row text."""
@@ -354,6 +372,8 @@ class Migration:
             item.action, item.reason = Action.SKIP, f"the value does not decode as JSON: {e}"
             return
         serialized = codec.serialize(value)
+        if serialized != item.serialized:
+            item.stored_bytes = None  # not the canonical text: written afresh, as a worker would
         direction = self.target.direction
         if direction is Direction.TO_METASTORE:
             item.new_text = serialized
@@ -381,7 +401,11 @@ class Migration:
         """Write the target objects, except those already holding the value or maybe a worker's
         (see :func:`statectl.ops.objects.place_objects`); each write verified before its row may point to it."""
         items = [i for i in items if i.target_url is not None and i.serialized is not None]
-        writes = [ObjectWrite(i.target_url, i.serialized) for i in items if i.target_url and i.serialized is not None]
+        writes = [
+            ObjectWrite(i.target_url, i.serialized, payload=i.stored_bytes)
+            for i in items
+            if i.target_url and i.serialized is not None
+        ]
         results = place_objects(self.store, self.target.base, self.target.compression, writes)
         for _, result in zip(items, results, strict=True):
             if isinstance(result, UnreachableError):

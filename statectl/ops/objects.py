@@ -15,7 +15,7 @@ from enum import StrEnum
 
 from statectl.core.layout import ObjectURL
 from statectl.errors import DataError, StatectlError
-from statectl.stores.bucket import ObjectExists, ObjectMissing, modified_or_none
+from statectl.stores.bucket import ObjectExists, ObjectMissing, Result, modified_or_none
 from statectl.stores.retry import TransientFailure
 from statectl.stores.store import StateStore
 
@@ -36,6 +36,7 @@ class ObjectWrite:
     url: ObjectURL
     text: str  # the value's JSON text (the object's content before compression)
     owned: bool = False  # the row being written already points here: replace it in place
+    payload: bytes | None = None  # the bytes to write as they are (already encoded with the codec), if known
 
 
 PlaceResult = Placed | StatectlError
@@ -52,11 +53,11 @@ def place_objects(
     results: list[PlaceResult | None] = [None] * len(writes)
     buckets = store.buckets
     owned = [i for i, w in enumerate(writes) if w.owned]
-    for index, error in zip(owned, buckets.write_many([_object(writes[i]) for i in owned], compression), strict=True):
+    for index, error in zip(owned, _write(store, writes, owned, compression), strict=True):
         results[index] = error if error is not None else Placed.WRITTEN
     pending = [i for i, w in enumerate(writes) if not w.owned]
     if pending and base is not None and buckets.honours_if_absent(base):
-        answers = buckets.write_many([_object(writes[i]) for i in pending], compression, if_absent=True)
+        answers = _write(store, writes, pending, compression, if_absent=True)
         for index, error in zip(pending, answers, strict=True):
             if not isinstance(error, ObjectExists):
                 results[index] = error if error is not None else Placed.WRITTEN
@@ -88,9 +89,7 @@ def place_objects(
         if results[index] is None and current == writes[index].text:
             results[index] = Placed.PRESENT
     to_write = [i for i in pending if results[i] is None]
-    for index, error in zip(
-        to_write, buckets.write_many([_object(writes[i]) for i in to_write], compression), strict=True
-    ):
+    for index, error in zip(to_write, _write(store, writes, to_write, compression), strict=True):
         results[index] = error if error is not None else Placed.WRITTEN
     return _all(results)
 
@@ -103,5 +102,15 @@ def _all(results: list[PlaceResult | None]) -> list[PlaceResult]:
     return done
 
 
-def _object(write: ObjectWrite) -> tuple[ObjectURL, str]:
-    return write.url, write.text
+def _write(
+    store: StateStore,
+    writes: Sequence[ObjectWrite],
+    indices: list[int],
+    compression: str | None,
+    *,
+    if_absent: bool = False,
+) -> list[Result[None]]:
+    chosen = [writes[i] for i in indices]
+    return store.buckets.write_many(
+        [(w.url, w.text) for w in chosen], compression, if_absent=if_absent, payloads=[w.payload for w in chosen]
+    )

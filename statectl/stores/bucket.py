@@ -255,8 +255,12 @@ class Buckets:
 
         On async filesystems (S3, GCS) one GET per object (fs.open would first send a HEAD, and
         on S3 a listing when the object is missing)."""
+        return [r if isinstance(r, StatectlError) else r[0] for r in self.read_many_stored(urls)]
 
-        def read_one(index: int) -> Result[str]:
+    def read_many_stored(self, urls: Sequence[ObjectURL]) -> list[Result[tuple[str, bytes]]]:
+        """:meth:`read_many`, with each object's stored bytes beside its text."""
+
+        def read_one(index: int) -> Result[tuple[str, bytes]]:
             url = urls[index]
             fs = self.fs(url)
             try:
@@ -271,15 +275,15 @@ class Buckets:
                 raise
             except Exception as e:
                 raise _unreachable(url, e) from None
-            return _decoded(url, data)
+            return _with_bytes(_decoded(url, data), data)
 
-        async def read_async(fs: Any, index: int) -> Result[str]:
+        async def read_async(fs: Any, index: int) -> Result[tuple[str, bytes]]:
             url = urls[index]
             try:
                 data = await retry_async(partial(fs._cat_file, url.path, **_cat_kwargs(fs)), str(url))
             except FileNotFoundError:
                 return _missing(url)
-            return _decoded(url, data)
+            return _with_bytes(_decoded(url, data), data)
 
         return self._grouped(urls, read_one, read_async)
 
@@ -317,7 +321,12 @@ class Buckets:
         return self._grouped(urls, stat_one, stat_async)
 
     def write_many(
-        self, objects: Sequence[tuple[ObjectURL, str]], compression: str | None, *, if_absent: bool = False
+        self,
+        objects: Sequence[tuple[ObjectURL, str]],
+        compression: str | None,
+        *,
+        if_absent: bool = False,
+        payloads: Sequence[bytes | None] = (),
     ) -> list[Result[None]]:
         """Write objects as the provider does and verify each before anyone points to it.
 
@@ -333,13 +342,22 @@ class Buckets:
         only where :meth:`honours_if_absent` is true (local files: always atomic). On an object store,
         an object found holding exactly these bytes counts as written: a try of this write whose
         answer was lost may have created it (the condition then refuses the next try).
+
+        ``payloads[i]``, when given and not None: the bytes to write for ``objects[i]`` as they are,
+        already encoded with ``compression`` (a copy of a stored object); verified the same way.
         """
+
+        def encoded(index: int, *, local: bool, verify: bool = True) -> bytes:
+            url, text = objects[index]
+            if index < len(payloads) and (payload := payloads[index]) is not None:
+                return payload
+            return encode_object(url, text, compression, local=local, verify=verify)
 
         def write_one(index: int) -> Result[None]:
             url, text = objects[index]
             # Written first, verified after: a local object that does not decode back is where a worker
             # would have put the same bytes, and the read-back refuses it before any row points to it.
-            payload = encode_object(url, text, compression, local=url.is_local, verify=False)
+            payload = encoded(index, local=url.is_local, verify=False)
             if url.is_local:
                 error = _write_local(url, payload, if_absent)
             else:
@@ -348,16 +366,17 @@ class Buckets:
 
         async def put_and_check(fs: Any, index: int) -> Result[None]:
             try:
-                return await put(fs, *objects[index])
+                return await put(fs, index)
             except StatectlError as e:  # TransientFailure: tried and tried again
                 return e
             except Exception as e:  # e.g. a store that refuses the conditional header: this object failed
                 return _unreachable(objects[index][0], e)
 
-        async def put(fs: Any, url: ObjectURL, text: str) -> Result[None]:
+        async def put(fs: Any, index: int) -> Result[None]:
+            url = objects[index][0]
             try:
                 # Compressing in a worker thread (zlib releases the GIL) keeps the loop's I/O going.
-                payload = await asyncio.to_thread(encode_object, url, text, compression)
+                payload = await asyncio.to_thread(partial(encoded, index, local=False))
             except DataError as e:
                 return e
             conditional = _if_absent_kwargs(fs) if if_absent else {}
@@ -752,6 +771,10 @@ def encode_object(
     if verify and _decoded(url, data) != text:
         raise DataError(f"object {url} does not decode back to its value with {compression}; nothing written")
     return data
+
+
+def _with_bytes(decoded: Result[str], data: bytes) -> Result[tuple[str, bytes]]:
+    return decoded if isinstance(decoded, StatectlError) else (decoded, data)
 
 
 def _decoded_as(url: ObjectURL, data: bytes, text: str) -> Result[None]:
