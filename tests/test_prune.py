@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from statectl.core import layout
 from statectl.core.filters import RowFilter
-from statectl.core.layout import ObjectURL, object_url
+from statectl.core.layout import ObjectURL, TaskAddress, object_url
 from statectl.core.scopes import AssetScope, TaskScope
 from statectl.errors import ExitCode
 from statectl.ops.prune import DELETES_IN_FLIGHT, Category
@@ -245,6 +245,46 @@ def test_the_task_address_of_an_object_is_its_writers(
     assert layout.task_address(url, base) == (dag, run, task, map_index)
     assert layout.task_address(object_url(base, AssetScope(name=dag, uri="s3://x"), key, compression), base) is None
     assert layout.task_address(ObjectURL.parse(f"s3://other@bucket/state/{url.path.split('/', 2)[2]}"), base) is None
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.tuples(segments, segments, segments, st.integers(min_value=-1, max_value=3)),
+            st.tuples(segments, segments, segments, st.integers(min_value=-1, max_value=3)),
+            st.booleans(),
+            segments,
+            st.integers(min_value=0, max_value=1),
+            st.sampled_from(["", "sub/", "../"]),
+        ),
+        max_size=8,
+    )
+)
+def test_rows_holding_another_instances_object_are_found(
+    rows: list[tuple[TaskAddress, TaskAddress, bool, str, int, str]],
+) -> None:
+    """The once-per-run read tells a row's own objects from the text alone; what it finds is exactly what
+    the object's parsed path says: objects at another task instance's path than the holder's."""
+    from statectl.core import codec
+    from statectl.ops.prune import _held_elsewhere
+
+    base = ObjectURL.parse("s3://conn@bucket/state")
+    holders = []
+    for holder, other, own, key, region, extra in rows:
+        url = object_url(base, TaskScope(*(holder if own else other), region_id=region), key, "gzip")
+        ref = f"{url.path.rsplit('/', 1)[0]}/{extra}{url.path.rsplit('/', 1)[1]}" if extra else url.path
+        holders.append((holder, codec.wrap_ref(f"s3://conn@{ref}")))
+
+    class Rows:
+        def iter_ref_holders(self, head: str) -> Any:
+            return iter(holders)
+
+    expected = set()
+    for holder, text in holders:
+        url = ObjectURL.parse(json.loads(text)["__airflow_state_ref__"])
+        if (at := layout.task_address(url, base)) is not None and at != holder:
+            expected.add(url.path)
+    assert _held_elsewhere(Rows(), base) == expected  # type: ignore[arg-type]
 
 
 def test_an_object_a_worker_references_again_stays(home: AirflowEnv) -> None:

@@ -152,6 +152,12 @@ def task_address(url: ObjectURL, base: ObjectURL) -> TaskAddress | None:
     return unquote(dag), unquote(run), unquote(task), int(map_index)
 
 
+def objects_folder(base: ObjectURL, address: TaskAddress) -> str:
+    """The URL text every object of this task instance starts with (no region), '/' included."""
+    dag_id, run_id, task_id, map_index = address
+    return f"{task_prefix(base, TaskScope(dag_id, run_id, task_id, map_index)).child(str(map_index))}/"
+
+
 def _is_map_index(segment: str) -> bool:
     return segment.isascii() and segment.lstrip("-").isdigit() and str(int(segment)) == segment
 

@@ -19,6 +19,7 @@ Refs outside the base path are reported, never read or deleted (the expired row 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -29,13 +30,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from statectl.core import codec, layout
 from statectl.core.codec import Location
 from statectl.core.filters import RowFilter, utcnow
-from statectl.core.layout import ObjectURL
+from statectl.core.layout import ObjectURL, TaskAddress
 from statectl.errors import ExitCode, StatectlError, UsageError
 from statectl.ops.report import NOT_CONFIRMED, Confirm, Progress
 from statectl.ops.scan import DEFAULT_GRACE
 from statectl.stores.bucket import DELETE_BATCH, Result, modified_or_none
 from statectl.stores.deletions import Deletions
-from statectl.stores.metastore import StateRow
+from statectl.stores.metastore import Metastore, StateRow
 
 if TYPE_CHECKING:
     from statectl.ops.scan import Scan, ScanEntry, StoredObject
@@ -389,19 +390,8 @@ class _Executor:
         so that the per-batch check can be an index probe. A holder this run deletes later still keeps
         its object for this run: the next run finds it an orphan."""
         if self.held_elsewhere is None:
-            self.held_elsewhere = set()
             base = self.rules.base
-            for address, text in self.store.metastore.iter_ref_holders(codec.WRAPPER_HEAD):
-                location, ref = codec.locate(text)
-                if location is not Location.OBJECT or base is None or ref is None:
-                    continue
-                try:
-                    url = ObjectURL.parse(ref)
-                except ValueError:
-                    continue
-                # Objects at other paths (assets', or none of the provider's) get a full check per batch.
-                if (at := layout.task_address(url, base)) is not None and at != address:
-                    self.held_elsewhere.add(url.path)
+            self.held_elsewhere = set() if base is None else _held_elsewhere(self.store.metastore, base)
         return self.held_elsewhere
 
     def _objects_deleted(
@@ -521,6 +511,33 @@ class _Executor:
         urls = [obj.url for obj, rows in items if all(id(r) in deleted for r in rows)]
         self._delete_objects(urls, Category.OLD, {str(o.url): o.size or 0 for o, _ in items})
         self._tick(sum(1 + len(rows) for _, rows in items))
+
+
+def _held_elsewhere(metastore: Metastore, base: ObjectURL) -> set[str]:
+    """See _Executor._held_elsewhere: one read of the rows holding object refs."""
+    held: set[str] = set()
+
+    @functools.lru_cache(maxsize=4096)
+    def own_head(address: TaskAddress) -> str:
+        return codec.WRAPPER_HEAD + layout.objects_folder(base, address)
+
+    for address, text in metastore.iter_ref_holders(codec.WRAPPER_HEAD):
+        if address is not None and text.startswith(head := own_head(address)):
+            # The usual case, told from the text alone: the worker's wrapper around an object of its own.
+            name = text[len(head) : -2]
+            if text.endswith('"}') and name and "/" not in name and '"' not in name and "\\" not in name:
+                continue
+        location, ref = codec.locate(text)
+        if location is not Location.OBJECT or ref is None:
+            continue
+        try:
+            url = ObjectURL.parse(ref)
+        except ValueError:
+            continue
+        # Objects at other paths (assets', or none of the provider's) get a full check per batch.
+        if (at := layout.task_address(url, base)) is not None and at != address:
+            held.add(url.path)
+    return held
 
 
 def execute_prune(
