@@ -186,17 +186,20 @@ def undelayed(store: Store) -> None:
 def run_process(
     cmd: Sequence[str], env: dict[str, str], counter: RequestCounter, *, ok: Sequence[int] = (0,)
 ) -> dict[str, Any]:
-    """One whole process: wall seconds, peak RSS (ru_maxrss of the child, via /usr/bin/time), its stdout, and the
-    requests the store served meanwhile by kind."""
+    """One whole process: wall seconds, its CPU seconds (user + system) and peak RSS (of the child, via
+    /usr/bin/time), its stdout, and the requests the store served meanwhile by kind."""
     before = counter.snapshot()
     start = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], env=env, capture_output=True, text=True, check=False)
+    timing = ["/usr/bin/time", "-f", "%U %S %M"]
+    proc = subprocess.run([*timing, *cmd], env=env, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - start
     if proc.returncode not in ok:
         raise RuntimeError(f"{' '.join(cmd[:4])} ... failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    user, system, peak_kib = proc.stderr.strip().splitlines()[-1].split()
     return {
         "seconds": round(seconds, 2),
-        "peak_rss_mib": round(int(proc.stderr.strip().splitlines()[-1]) / 1024, 1),
+        "cpu_s": round(float(user) + float(system), 2),
+        "peak_rss_mib": round(int(peak_kib) / 1024, 1),
         "exit_code": proc.returncode,
         "stdout": proc.stdout,
         "requests": by_kind(counter.since(before)),
@@ -443,7 +446,8 @@ def table(results: Sequence[dict[str, Any]], *, naive_label: str = "naive loop")
             f"| {f['floor_s']:,} s ({f['bound_by']}) | {over:.2f}x | {'; '.join(verdicts) or '-'} |"
         )
         notes.append(f"{r['operation']} at {r['latency']}:")
-        notes.append(f"  statectl requests: {_requests(s['requests'])}")
+        cpu_used = f" (its CPU: {s['cpu_s']:g} s)" if "cpu_s" in s else ""
+        notes.append(f"  statectl requests: {_requests(s['requests'])}{cpu_used}")
         if n is not None:
             notes.append(f"  naive requests:    {_naive_requests(n)}")
         cpu = " + ".join(f"{k} {v:g} s" for k, v in f["cpu"].items())
