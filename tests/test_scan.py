@@ -16,6 +16,7 @@ import json
 import os
 import string
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -30,7 +31,7 @@ from statectl.core.layout import ObjectURL
 from statectl.core.scopes import TaskScope
 from statectl.ops.scan import Scan, ScanEntry, region_for
 from statectl.stores import listing
-from statectl.stores.bucket import Buckets
+from statectl.stores.bucket import Buckets, parse_timestamp
 from statectl.stores.store import StateStore
 from tests.infra import (
     AirflowEnv,
@@ -409,6 +410,28 @@ def test_s3_listing_pages_in_key_order(s3_bucket: S3Bucket, monkeypatch: pytest.
     under_a = [o.path for o in Buckets().iter_listing(base, "a/")]
     assert under_a == [f"{s3_bucket.bucket}/state/a/x", f"{s3_bucket.bucket}/state/a/x/y"]
     assert_by_folder_is_the_listing(base, listed)
+    # Times as botocore's own parser reads them, from the listing (ISO 8601) and from a HEAD (an HTTP date).
+    buckets = Buckets()
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket.bucket)
+    as_boto = {o["Key"]: o["LastModified"] for page in pages for o in page["Contents"]}
+    assert {o.path.split("/", 1)[1]: o.modified for o in buckets.iter_listing(base)} == {
+        k: as_boto[k] for k in _expected_listing(names)
+    }
+    (info,) = buckets.stat_many([base.child("p", "0001")])
+    assert not isinstance(info, Exception)
+    assert info.modified == client.head_object(Bucket=s3_bucket.bucket, Key="state/p/0001")["LastModified"]
+    parser = buckets.fs(base).connect()._response_parser._timestamp_parser
+    assert isinstance(parser, partial) and parser.func is parse_timestamp  # the fast path was in use
+
+
+@given(st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2200, 1, 1)), st.booleans())
+def test_timestamps_read_as_botocore_reads_them(when: datetime, millis: bool) -> None:
+    from botocore.utils import parse_timestamp as botocore_parse
+
+    text = when.strftime("%Y-%m-%dT%H:%M:%S") + (f".{when.microsecond // 1000:03d}" if millis else "") + "Z"
+    header = when.strftime("%a, %d %b %Y %H:%M:%S GMT")
+    for value in (text, header):
+        assert parse_timestamp(botocore_parse, value) == botocore_parse(value)
 
 
 def assert_by_folder_is_the_listing(base: ObjectURL, listed: list[Any]) -> None:

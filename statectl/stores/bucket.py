@@ -136,6 +136,7 @@ class Buckets:
         except Exception as e:
             raise _unreachable(url, e) from None
         own_retries(fs)
+        fast_timestamps(fs)
         return fs
 
     def _is_async(self, url: ObjectURL) -> bool:
@@ -702,6 +703,28 @@ def own_retries(fs: Any) -> None:
     (see :mod:`statectl.stores.retry`). statectl alone uses the filesystem in its process."""
     if _is_s3fs(fs) and isinstance(getattr(fs, "retries", None), int):
         fs.retries = 1
+
+
+def fast_timestamps(fs: Any) -> None:
+    """botocore parses every timestamp of an answer with dateutil, 70 us each: 70 ms of CPU per 1000-key
+    listing page, half of what a listing costs the client. An s3fs filesystem's client reads ISO 8601 with
+    ``datetime.fromisoformat`` (0.3 us) and leaves anything else (an HTTP date header) to botocore's parser."""
+    if not _is_s3fs(fs):
+        return
+    try:
+        parser = fs.connect()._response_parser  # the client s3fs uses from now on (made here, not on first use)
+        botocore_parse = parser._timestamp_parser
+    except Exception:  # another botocore: its own parser stays
+        log.debug("botocore's timestamp parser left as it is", exc_info=True)
+        return
+    parser._timestamp_parser = partial(parse_timestamp, botocore_parse)
+
+
+def parse_timestamp(fallback: Callable[[Any], datetime], value: Any) -> datetime:
+    if isinstance(value, str) and len(value) >= 20 and value[10] == "T":
+        with contextlib.suppress(ValueError):
+            return datetime.fromisoformat(value)
+    return fallback(value)
 
 
 def _is_adlfs(fs: Any) -> bool:
