@@ -712,12 +712,15 @@ def fast_timestamps(fs: Any) -> None:
     if not _is_s3fs(fs):
         return
     try:
-        parser = fs.connect()._response_parser  # the client s3fs uses from now on (made here, not on first use)
-        botocore_parse = parser._timestamp_parser
+        from botocore.parsers import DEFAULT_TIMESTAMP_PARSER  # type: ignore[import-untyped]
+
+        # The endpoint of the client s3fs uses from now on (made here, not on first use) makes a parser per
+        # answer from this factory.
+        factory = fs.connect()._endpoint._response_parser_factory
+        botocore_parse = factory._defaults.get("timestamp_parser") or DEFAULT_TIMESTAMP_PARSER
+        factory.set_parser_defaults(timestamp_parser=partial(parse_timestamp, botocore_parse))
     except Exception:  # another botocore: its own parser stays
         log.debug("botocore's timestamp parser left as it is", exc_info=True)
-        return
-    parser._timestamp_parser = partial(parse_timestamp, botocore_parse)
 
 
 def parse_timestamp(fallback: Callable[[Any], datetime], value: Any) -> datetime:
