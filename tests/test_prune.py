@@ -287,6 +287,39 @@ def test_rows_holding_another_instances_object_are_found(
     assert _held_elsewhere(Rows(), base) == expected  # type: ignore[arg-type]
 
 
+def test_batched_lookups_probe_the_index_on_sqlite(home: AirflowEnv) -> None:
+    """The many-rows lookups (prune's last check, import's existing rows and dag runs) on Airflow's own SQLite
+    schema: each statement searches an index per row and scans no table, however large it grows."""
+    from statectl.core.config import Config
+    from statectl.core.scopes import AssetScope as Asset
+    from statectl.stores.metastore import NewValue
+    from statectl.stores.store import StateStore
+
+    rows = home.query('SELECT dag_id, run_id, task_id, map_index, "key", value, dag_run_id FROM task_state_store')
+    (asset_id,) = home.query("SELECT asset_id FROM asset_state_store")[0]
+    store = StateStore(Config(environ=env_of(home)))
+    statements: list[str] = []
+    try:
+        metastore = store.metastore
+        metastore.conn.set_trace_callback(statements.append)
+        found = metastore.referenced_texts([r[5] for r in rows], [(r[0], r[1], r[2], int(r[3])) for r in rows])
+        assert found == {r[5] for r in rows}
+        wanted = [NewValue(TaskScope(r[0], r[1], r[2], int(r[3])), r[4], "x", dag_run_id=r[6]) for r in rows]
+        wanted.append(NewValue(Asset(name=ASSET_NAME, uri="x", asset_id=asset_id), "watermark", "x"))
+        assert len(metastore.existing_rows(wanted)) == len(rows) + 1
+        assert len(metastore.dag_run_ids([(r[0], r[1]) for r in rows])) == len({(r[0], r[1]) for r in rows})
+        metastore.conn.set_trace_callback(None)
+        looked = [sql for sql in statements if sql.startswith("WITH p(")]
+        assert len(looked) == 4
+        for sql in looked:
+            plan = " / ".join(r[3] for r in metastore.conn.execute(f"EXPLAIN QUERY PLAN {sql}"))
+            assert "SEARCH" in plan and not any(
+                f"SCAN {t}" in plan for t in ("task_state_store", "asset_state_store", "dag_run")
+            ), plan
+    finally:
+        store.close()
+
+
 def test_an_object_a_worker_references_again_stays(home: AirflowEnv) -> None:
     """Between the deletion of an expired row and of its object, a worker writes the key again with
     the same ref (its object rewritten at the same path): the object stays and the report says why."""

@@ -33,6 +33,7 @@ _CURSOR_SERIAL = itertools.count()  # names of server-side cursors open at the s
 _BATCH_ROWS = 1000  # rows per batched PostgreSQL write statement
 
 _TASK_COLUMNS = 'id, dag_id, run_id, task_id, map_index, "key", value, updated_at, expires_at'
+_TASK_COLUMNS_OF_T = ", ".join(f"t.{column.strip()}" for column in _TASK_COLUMNS.split(","))  # table alias t
 _ASSET_COLUMNS = (
     'a.id, a.name, a.uri, s."key", s.value, s.updated_at, s.last_updated_by_kind, s.last_updated_by_dag_id, '
     "s.last_updated_by_run_id, s.last_updated_by_task_id, s.last_updated_by_map_index"
@@ -152,6 +153,20 @@ def _pages(params: Sequence[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]
             page, size = [], 0
     if page:
         yield page
+
+
+def _values_cte(width: int, count: int) -> str:
+    """``WITH p(k0, k1, ...) AS (VALUES ...)``: ``count`` rows of ``width`` bound values. Joined on indexed
+    columns it makes one index probe per row on both databases; a row-value ``IN (VALUES ...)`` would make
+    SQLite scan the whole table (or index) once per statement."""
+    names = ", ".join(f"k{i}" for i in range(width))
+    row = "(" + ", ".join("?" for _ in range(width)) + ")"
+    return f"WITH p({names}) AS (VALUES {', '.join(row for _ in range(count))})"
+
+
+def _joined_on(alias: str, columns: Sequence[str]) -> str:
+    """The join condition of ``alias``'s columns with the rows of :func:`_values_cte`, in order."""
+    return " AND ".join(f"{alias}.{column} = p.k{i}" for i, column in enumerate(columns))
 
 
 def _parse_sqlite_url(url: str) -> str:
@@ -658,9 +673,9 @@ class Metastore:
         found: dict[tuple[str, str], int] = {}
         for start in range(0, len(wanted), _BATCH_ROWS):
             chunk = wanted[start : start + _BATCH_ROWS]
-            marks = ", ".join("(?, ?)" for _ in chunk)
             records = self._fetchall(
-                f"SELECT id, dag_id, run_id FROM dag_run WHERE (dag_id, run_id) IN (VALUES {marks})",
+                f"{_values_cte(2, len(chunk))} SELECT d.id, d.dag_id, d.run_id FROM p "
+                f"JOIN dag_run d ON {_joined_on('d', ('dag_id', 'run_id'))}",
                 [part for pair in chunk for part in pair],
             )
             found.update(((dag_id, run_id), int(run)) for run, dag_id, run_id in records)
@@ -672,20 +687,20 @@ class Metastore:
         tasks = [v for v in wanted if isinstance(v.scope, TaskScope)]
         for start in range(0, len(tasks), _BATCH_ROWS // 2):
             chunk = tasks[start : start + _BATCH_ROWS // 2]
-            marks = ", ".join("(?, ?, ?, ?)" for _ in chunk)
             params = [p for v in chunk for p in (v.dag_run_id, v.scope.task_id, v.scope.map_index, v.key)]  # type: ignore[union-attr]
-            sql = (
-                f"SELECT {_TASK_COLUMNS} FROM task_state_store "
-                f'WHERE (dag_run_id, task_id, map_index, "key") IN (VALUES {marks})'
-            )
+            on = _joined_on("t", ("dag_run_id", "task_id", "map_index", '"key"'))
+            sql = f"{_values_cte(4, len(chunk))} SELECT {_TASK_COLUMNS_OF_T} FROM p JOIN task_state_store t ON {on}"
             for row in self._task_rows(self._fetchall(sql, params)):
                 found[address(row.scope, row.key)] = row
         assets = [v for v in wanted if isinstance(v.scope, AssetScope)]
         for start in range(0, len(assets), _BATCH_ROWS // 2):
             chunk = assets[start : start + _BATCH_ROWS // 2]
-            marks = ", ".join("(?, ?)" for _ in chunk)
             params = [p for v in chunk for p in (v.scope.asset_id, v.key)]  # type: ignore[union-attr]
-            sql = f'SELECT {_ASSET_COLUMNS} FROM {_ASSET_FROM} WHERE (s.asset_id, s."key") IN (VALUES {marks})'
+            on = _joined_on("s", ("asset_id", '"key"'))
+            sql = (
+                f"{_values_cte(2, len(chunk))} SELECT {_ASSET_COLUMNS} FROM p "
+                f"JOIN asset_state_store s ON {on} JOIN asset a ON a.id = s.asset_id"
+            )
             for record in self._fetchall(sql, params):
                 row = self._asset_row(record)
                 found[address(row.scope, row.key)] = row
@@ -950,12 +965,8 @@ class Metastore:
         probes = [(*address, text) for text, address in zip(texts, addresses, strict=True) if address is not None]
         for start in range(0, len(probes), _BATCH_ROWS):
             chunk = probes[start : start + _BATCH_ROWS]
-            marks = ", ".join("(?, ?, ?, ?, ?)" for _ in chunk)
-            # A join, not a row-value IN: SQLite would scan the table for the latter.
-            sql = (
-                f"WITH p(d, r, k, m, v) AS (VALUES {marks}) SELECT t.value FROM p JOIN task_state_store t "
-                "ON t.dag_id = p.d AND t.run_id = p.r AND t.task_id = p.k AND t.map_index = p.m AND t.value = p.v"
-            )
+            on = _joined_on("t", ("dag_id", "run_id", "task_id", "map_index", "value"))
+            sql = f"{_values_cte(5, len(chunk))} SELECT t.value FROM p JOIN task_state_store t ON {on}"
             found.update(r[0] for r in self._fetchall(sql, [p for probe in chunk for p in probe]))
         unplaced = [text for text, address in zip(texts, addresses, strict=True) if address is None]
         for start in range(0, len(unplaced), _BATCH_ROWS):
