@@ -266,7 +266,7 @@ def test_rows_holding_another_instances_object_are_found(
     """The once-per-run read tells a row's own objects from the text alone; what it finds is exactly what
     the object's parsed path says: objects at another task instance's path than the holder's."""
     from statectl.core import codec
-    from statectl.ops.prune import _held_elsewhere
+    from statectl.ops.prune import refs_held_elsewhere
 
     base = ObjectURL.parse("s3://conn@bucket/state")
     holders = []
@@ -284,7 +284,7 @@ def test_rows_holding_another_instances_object_are_found(
         url = ObjectURL.parse(json.loads(text)["__airflow_state_ref__"])
         if (at := layout.task_address(url, base)) is not None and at != holder:
             expected.add(url.path)
-    assert _held_elsewhere(Rows(), base) == expected  # type: ignore[arg-type]
+    assert refs_held_elsewhere(Rows(), base) == expected  # type: ignore[arg-type]
 
 
 def test_batched_lookups_probe_the_index_on_sqlite(home: AirflowEnv) -> None:

@@ -19,12 +19,11 @@ Refs outside the base path are reported, never read or deleted (the expired row 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
-from functools import partial
+from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from statectl.core import codec, layout
@@ -391,7 +390,7 @@ class _Executor:
         its object for this run: the next run finds it an orphan."""
         if self.held_elsewhere is None:
             base = self.rules.base
-            self.held_elsewhere = set() if base is None else _held_elsewhere(self.store.metastore, base)
+            self.held_elsewhere = set() if base is None else refs_held_elsewhere(self.store.metastore, base)
         return self.held_elsewhere
 
     def _objects_deleted(
@@ -513,11 +512,11 @@ class _Executor:
         self._tick(sum(1 + len(rows) for _, rows in items))
 
 
-def _held_elsewhere(metastore: Metastore, base: ObjectURL) -> set[str]:
+def refs_held_elsewhere(metastore: Metastore, base: ObjectURL) -> set[str]:
     """See _Executor._held_elsewhere: one read of the rows holding object refs."""
     held: set[str] = set()
 
-    @functools.lru_cache(maxsize=4096)
+    @lru_cache(maxsize=4096)
     def own_head(address: TaskAddress) -> str:
         return codec.WRAPPER_HEAD + layout.objects_folder(base, address)
 
